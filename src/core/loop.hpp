@@ -1,0 +1,150 @@
+// RAII wrappers for libev watchers.
+//
+// A watcher belongs to the object that declares it as a member; destroying the
+// watcher stops it. Watchers are neither copyable nor movable because libev
+// keeps their address while they are active. The callback runs on the loop
+// thread; it may stop or restart its own watcher, but must not destroy the
+// object that owns it (defer that, see rs::ev::Deferred).
+#pragma once
+
+#include <ev.h>
+
+#include <functional>
+#include <vector>
+
+namespace rs::ev {
+
+using Loop = struct ev_loop;
+
+template <class W>
+class Watcher {
+ public:
+  using Callback = std::function<void(int revents)>;
+  Watcher(const Watcher&) = delete;
+  Watcher& operator=(const Watcher&) = delete;
+
+  bool active() const { return ev_is_active(&w_); }
+  Loop* loop() const { return loop_; }
+  void set_callback(Callback cb) { cb_ = std::move(cb); }
+
+ protected:
+  Watcher(Loop* loop, Callback cb) : loop_(loop), cb_(std::move(cb)) {}
+  static void thunk(Loop*, W* w, int revents) {
+    auto* self = static_cast<Watcher*>(w->data);
+    self->cb_(revents);
+  }
+  W w_{};
+  Loop* loop_;
+  Callback cb_;
+};
+
+class Io : public Watcher<ev_io> {
+ public:
+  Io(Loop* loop, Callback cb = {}) : Watcher(loop, std::move(cb)) {
+    ev_init(&w_, thunk);
+    w_.data = this;
+  }
+  ~Io() { stop(); }
+  // Sets fd and event mask (EV_READ/EV_WRITE); restarts if it was active.
+  void set(int fd, int events) {
+    bool was = active();
+    stop();
+    ev_io_set(&w_, fd, events);
+    if (was && events) start();
+  }
+  // Changes the event mask, keeping the fd. A mask of 0 stops the watcher.
+  void modify(int events) {
+    if (events == (w_.events & (EV_READ | EV_WRITE)) && active()) return;
+    stop();
+    ev_io_set(&w_, w_.fd, events);
+    if (events) start();
+  }
+  int fd() const { return w_.fd; }
+  int events() const { return active() ? (w_.events & (EV_READ | EV_WRITE)) : 0; }
+  void start() { ev_io_start(loop_, &w_); }
+  void stop() { ev_io_stop(loop_, &w_); }
+};
+
+class Timer : public Watcher<ev_timer> {
+ public:
+  Timer(Loop* loop, Callback cb = {}) : Watcher(loop, std::move(cb)) {
+    ev_init(&w_, thunk);
+    w_.data = this;
+  }
+  ~Timer() { stop(); }
+  // One-shot after `after` seconds, then every `repeat` seconds if non-zero.
+  void start(double after, double repeat = 0) {
+    stop();
+    ev_timer_set(&w_, after, repeat);
+    ev_timer_start(loop_, &w_);
+  }
+  // Restarts the repeat interval from now (cheap idle-timeout refresh).
+  void again(double repeat) {
+    w_.repeat = repeat;
+    ev_timer_again(loop_, &w_);
+  }
+  void stop() { ev_timer_stop(loop_, &w_); }
+};
+
+class Idle : public Watcher<ev_idle> {
+ public:
+  Idle(Loop* loop, Callback cb = {}) : Watcher(loop, std::move(cb)) {
+    ev_init(&w_, thunk);
+    w_.data = this;
+  }
+  ~Idle() { stop(); }
+  void start() { ev_idle_start(loop_, &w_); }
+  void stop() { ev_idle_stop(loop_, &w_); }
+};
+
+class Signal : public Watcher<ev_signal> {
+ public:
+  Signal(Loop* loop, int signum, Callback cb = {}) : Watcher(loop, std::move(cb)) {
+    ev_init(&w_, thunk);
+    ev_signal_set(&w_, signum);
+    w_.data = this;
+  }
+  ~Signal() { stop(); }
+  void start() { ev_signal_start(loop_, &w_); }
+  void stop() { ev_signal_stop(loop_, &w_); }
+};
+
+// Child watchers only work on the default loop.
+class Child : public Watcher<ev_child> {
+ public:
+  Child(Loop* loop, Callback cb = {}) : Watcher(loop, std::move(cb)) {
+    ev_init(&w_, thunk);
+    w_.data = this;
+  }
+  ~Child() { stop(); }
+  void start(int pid) {
+    stop();
+    ev_child_set(&w_, pid, 0);
+    ev_child_start(loop_, &w_);
+  }
+  void stop() { ev_child_stop(loop_, &w_); }
+  int rstatus() const { return w_.rstatus; }
+  int rpid() const { return w_.rpid; }
+};
+
+// Runs queued closures from a prepare watcher on a clean stack, before the
+// loop blocks again. Used to destroy objects outside their own callbacks and to
+// resume coroutines "later".
+class Deferred {
+ public:
+  explicit Deferred(Loop* loop);
+  ~Deferred();
+  Deferred(const Deferred&) = delete;
+  Deferred& operator=(const Deferred&) = delete;
+  void post(std::function<void()> fn);
+  // Runs everything queued so far (and anything those post), e.g. at shutdown.
+  void drain();
+
+ private:
+  static void thunk(Loop*, ev_prepare* w, int);
+  Loop* loop_;
+  ev_prepare w_{};
+  std::vector<std::function<void()>> queue_;
+};
+
+}  // namespace rs::ev
