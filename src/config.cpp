@@ -1,0 +1,108 @@
+#include "config.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include "version.hpp"
+
+namespace rs {
+namespace {
+
+std::optional<MaxStartups> parse_max_startups(const std::string& s) {
+  MaxStartups m;
+  char tail = 0;
+  if (std::sscanf(s.c_str(), "%u:%u:%u%c", &m.start, &m.rate, &m.full, &tail) != 3) return {};
+  if (m.rate > 100 || m.full < m.start || m.full == 0) return {};
+  return m;
+}
+
+}  // namespace
+
+std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
+  CLI::App app{"rulesocks " RULESOCKS_VERSION
+               " - a Lua-scriptable SOCKS4/4A/5 and HTTP CONNECT proxy server"};
+  app.set_version_flag("-V,--version", "rulesocks " RULESOCKS_VERSION);
+  app.get_formatter()->column_width(34);
+
+  app.add_option("-l,--listen", c.listen, "listen for SOCKS4/4A/5 on ADDR (repeatable)")
+      ->type_name("ADDR");
+  auto* http = app.add_option("--http", c.http_listen,
+                              "listen for HTTP CONNECT on ADDR (repeatable); without ADDR, "
+                              "every -l listener speaks HTTP CONNECT")
+                   ->type_name("[ADDR]")
+                   ->expected(0, 1)
+                   ->allow_extra_args(false);
+  app.add_option("-f,--forward", c.forward, "forward every connection to ADDR (port forwarding)")
+      ->type_name("ADDR");
+  app.add_option("-x,--proxy", c.proxy, "dial outbound through proxy1[,proxy2...] (first hop first)")
+      ->type_name("URI[,URI...]");
+  app.add_option("--api", c.api, "serve the RESTful API on ADDR (keep it on loopback)")
+      ->type_name("ADDR");
+  app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
+      ->type_name("FILE");
+  app.add_flag_function("-4", [&](int64_t) { c.family = 4; }, "resolve host names to IPv4 only");
+  app.add_flag_function("-6", [&](int64_t) { c.family = 6; }, "resolve host names to IPv6 only");
+  app.add_option("--nameserver", c.nameserver, "use this DNS server instead of the system's")
+      ->type_name("IP[:PORT]");
+  app.add_option("-i,--netdev", c.netdev, "bind outbound connections to network device NAME")
+      ->type_name("NAME");
+  app.add_option("-t,--timeout", c.timeout, "half-open (handshake and dial) timeout in seconds")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  app.add_flag("--bidir-timeout", c.bidir_timeout,
+               "keep the timeout until both directions have seen traffic");
+  app.add_option("--loglevel", c.loglevel,
+                 "0 silence, 1 fatal, 2 error, 3 warning, 4 notice, 5 info, 6 debug, 7 verbose, 8 "
+                 "very verbose")
+      ->check(CLI::Range(0, 8))
+      ->capture_default_str();
+  app.add_flag_function("-s,--silence", [&](int64_t) { c.loglevel = 1; }, "same as --loglevel 1");
+  app.add_flag_function("-v,--verbose", [&](int64_t) { c.loglevel = 6; }, "same as --loglevel 6");
+  app.add_flag("--pipe", c.pipe, "relay with splice(2) through pipes (zero copy)");
+  app.add_flag("--reuseport", c.reuseport, "SO_REUSEPORT on listeners (one process per core)");
+  app.add_flag("--auth-required", c.auth_required, "refuse clients that offer no credentials");
+  app.add_flag("-d,--daemonize", c.daemonize, "run in the background and log to syslog");
+  app.add_option("-u,--user", c.user, "drop privileges to user[:group] after binding")
+      ->type_name("USER[:GROUP]");
+  app.add_option("-m,--max-sessions", c.max_sessions, "refuse beyond N concurrent sessions (0: no limit)")
+      ->type_name("N")
+      ->capture_default_str();
+  std::string max_startups;
+  app.add_option("--max-startups", max_startups,
+                 "random early drop of half-open connections, as OpenSSH MaxStartups")
+      ->type_name("START:RATE:FULL");
+  app.add_option("--memlimit", c.memlimit_mib, "soft limit of the Lua heap in MiB (0: no limit)")
+      ->type_name("MiB")
+      ->capture_default_str();
+  app.add_flag("--traceback", c.traceback, "log Lua tracebacks of ruleset errors");
+  app.add_option("--tcp-sndbuf", c.tcp_sndbuf, "SO_SNDBUF of proxied sockets (0: system default)")
+      ->type_name("BYTES");
+  app.add_option("--tcp-rcvbuf", c.tcp_rcvbuf, "SO_RCVBUF of proxied sockets (0: system default)")
+      ->type_name("BYTES");
+  app.add_flag("!--no-nodelay", c.tcp_nodelay, "do not set TCP_NODELAY");
+  app.add_flag("!--no-keepalive", c.tcp_keepalive, "do not set SO_KEEPALIVE");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (http->count() > 0 && c.http_listen.empty()) c.http_all = true;
+  if (!max_startups.empty()) {
+    auto m = parse_max_startups(max_startups);
+    if (!m) {
+      std::fprintf(stderr, "--max-startups: expected START:RATE:FULL with RATE <= 100 and FULL >= START, got \"%s\"\n",
+                   max_startups.c_str());
+      return 2;
+    }
+    c.max_startups = *m;
+  }
+  if (c.listen.empty() && c.http_listen.empty() && c.api.empty()) {
+    std::fprintf(stderr, "nothing to do: give at least one -l, --http or --api address (see --help)\n");
+    return 2;
+  }
+  return std::nullopt;
+}
+
+}  // namespace rs

@@ -1,1 +1,73 @@
-int main() { return 0; }
+// rulesocks: start-up, signals and wiring. Everything runs on one libev loop.
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "config.hpp"
+#include "core/log.hpp"
+#include "core/loop.hpp"
+#include "server/server.hpp"
+#include "version.hpp"
+
+namespace {
+
+// -u user[:group]; throws on an unknown name or a failed call.
+void drop_privileges(const std::string& spec) {
+  auto colon = spec.find(':');
+  std::string user = spec.substr(0, colon);
+  std::string group = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  const passwd* pw = getpwnam(user.c_str());
+  if (!pw) throw std::runtime_error("unknown user \"" + user + "\"");
+  gid_t gid = pw->pw_gid;
+  if (!group.empty()) {
+    const struct group* gr = getgrnam(group.c_str());
+    if (!gr) throw std::runtime_error("unknown group \"" + group + "\"");
+    gid = gr->gr_gid;
+  }
+  if (setgroups(0, nullptr) != 0 && errno != EPERM)
+    throw std::runtime_error(std::string("setgroups: ") + std::strerror(errno));
+  if (setgid(gid) != 0) throw std::runtime_error(std::string("setgid: ") + std::strerror(errno));
+  if (setuid(pw->pw_uid) != 0)
+    throw std::runtime_error(std::string("setuid: ") + std::strerror(errno));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  rs::Config cfg;
+  if (auto code = rs::parse_command_line(argc, argv, cfg)) return *code;
+  rs::log::threshold = cfg.loglevel;
+  signal(SIGPIPE, SIG_IGN);
+
+  rs::ev::Loop* loop = ev_default_loop(EVFLAG_AUTO);
+  try {
+    rs::server::Server server(loop, cfg);
+    if (!cfg.user.empty()) drop_privileges(cfg.user);
+    if (cfg.daemonize) {
+      if (daemon(0, 0) != 0) throw std::runtime_error(std::string("daemon: ") + std::strerror(errno));
+      rs::log::use_syslog("rulesocks");
+      ev_loop_fork(loop);
+    }
+    auto stop = [&](int) {
+      rs::log::notice("shutting down");
+      server.shutdown();
+      ev_break(loop, EVBREAK_ALL);
+    };
+    rs::ev::Signal sigint(loop, SIGINT, stop), sigterm(loop, SIGTERM, stop);
+    sigint.start();
+    sigterm.start();
+    rs::log::notice("rulesocks {} started", RULESOCKS_VERSION);
+    ev_run(loop, 0);
+  } catch (const std::exception& e) {
+    rs::log::fatal("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -10,6 +10,7 @@
 #include <ev.h>
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace rs::ev {
@@ -137,6 +138,11 @@ class Deferred {
   Deferred(const Deferred&) = delete;
   Deferred& operator=(const Deferred&) = delete;
   void post(std::function<void()> fn);
+  // Destroys `p` later, from the loop: for objects whose callback is running.
+  template <class T>
+  void dispose(std::unique_ptr<T> p) {
+    if (p) post([raw = p.release()] { delete raw; });
+  }
   // Runs everything queued so far (and anything those post), e.g. at shutdown.
   void drain();
 

@@ -88,6 +88,12 @@ std::optional<Address> parse_address(std::string_view s) {
   if (!hp) return std::nullopt;
   auto port = parse_port(hp->port);
   if (!port) return std::nullopt;
+  // Brackets are for IPv6 literals only: "[example.org]:80" is malformed.
+  if (s.front() == '[') {
+    auto v6 = parse_ipv6(hp->host);
+    if (!v6) return std::nullopt;
+    return Address{*v6, *port};
+  }
   return make_address(hp->host, *port);
 }
 

@@ -1,0 +1,50 @@
+// Command line -> Config. Flag names follow neosocksd's so that existing
+// service files keep working.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rs {
+
+struct MaxStartups {
+  // OpenSSH-style "start:rate:full": above `start` half-open connections,
+  // refuse new ones with probability rate% rising linearly to 100% at `full`.
+  unsigned start = 0, rate = 100, full = 0;
+  bool enabled() const { return full > 0; }
+};
+
+struct Config {
+  std::vector<std::string> listen;       // -l: SOCKS4/4A/5 (and HTTP CONNECT, sniffed) listeners
+  std::vector<std::string> http_listen;  // --http ADDR: HTTP CONNECT listeners
+  bool http_all = false;                 // bare --http: every -l listener speaks HTTP
+  std::string forward;                   // -f: plain TCP forwarding target
+  std::string proxy;                     // -x: comma separated chain, first hop first
+  std::string api;                       // --api ADDR
+  std::string ruleset;                   // -r FILE
+  std::string nameserver;
+  std::string netdev;                    // -i: bind outbound sockets to a device
+  std::string user;                      // -u user[:group]
+  int family = 0;                        // 4: -4, 6: -6, 0: any
+  int loglevel = 4;
+  double timeout = 60.0;                 // -t: half-open (handshake/dial) timeout
+  bool bidir_timeout = false;
+  bool pipe = false;
+  bool reuseport = false;
+  bool auth_required = false;
+  bool daemonize = false;
+  bool traceback = false;
+  bool tcp_nodelay = true;
+  bool tcp_keepalive = true;
+  int tcp_sndbuf = 0, tcp_rcvbuf = 0;
+  size_t max_sessions = 0;               // 0 = unlimited
+  MaxStartups max_startups;
+  size_t memlimit_mib = 0;
+};
+
+// Parses argv. On --help/--version or an error, prints and returns the exit
+// code to use; otherwise returns nullopt and fills `out`.
+std::optional<int> parse_command_line(int argc, char** argv, Config& out);
+
+}  // namespace rs

@@ -1,0 +1,86 @@
+// Staging for relayed bytes that holds memory (or a pipe) only while bytes are in flight.
+//
+// Thousands of established sessions sit idle at any time, so an idle relay
+// must cost next to nothing. Neither class below owns anything while it is
+// empty: fill() takes a chunk (a buffer, or a pipe for splice(2)) from a
+// process-wide free list, and the drain() that empties it gives it back. Both
+// free lists are bounded; surplus chunks are freed, pipes closed.
+//
+// Everything here runs on the loop thread; the pools are not thread-safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace rs::net {
+
+// One chunk: a buffer's capacity and the most one splice(2) moves into a pipe
+// (the default pipe capacity, so a pipe is never asked to hold more).
+inline constexpr size_t kChunkSize = 64 * 1024;
+
+struct PoolCounters {
+  size_t buffers_in_use = 0;  // held by a ChunkBuffer with pending bytes
+  size_t buffers_idle = 0;    // on the free list
+  size_t pipes_in_use = 0;
+  size_t pipes_idle = 0;
+};
+const PoolCounters& pool_counters();
+// Frees every idle buffer and closes every idle pipe.
+void trim_pools();
+
+// Up to kChunkSize bytes read from one fd and not yet written to another.
+class ChunkBuffer {
+ public:
+  ChunkBuffer() = default;
+  ChunkBuffer(const ChunkBuffer&) = delete;
+  ChunkBuffer& operator=(const ChunkBuffer&) = delete;
+  ~ChunkBuffer() { release(); }
+
+  size_t pending() const { return len_ - off_; }
+  // One read(2) from `fd` into a chunk taken from the pool; requires
+  // pending() == 0. Returns the byte count, 0 at EOF, or -1 with errno. The
+  // chunk goes straight back unless bytes arrived.
+  ssize_t fill(int fd);
+  // One send(2) of pending bytes to the socket `fd` (MSG_NOSIGNAL). Returns the
+  // byte count or -1 with errno. The chunk goes back once empty.
+  ssize_t drain(int fd);
+  // Drops pending bytes and returns the chunk.
+  void release();
+
+ private:
+  std::byte* data_ = nullptr;
+  uint32_t off_ = 0;
+  uint32_t len_ = 0;
+};
+
+// Bytes spliced from one fd into a pipe and not yet spliced out to another.
+class SplicePipe {
+ public:
+  SplicePipe() = default;
+  SplicePipe(const SplicePipe&) = delete;
+  SplicePipe& operator=(const SplicePipe&) = delete;
+  ~SplicePipe() { release(); }
+
+  size_t pending() const { return pending_; }
+  // One splice(2) of up to kChunkSize bytes from `fd` into a pipe taken from
+  // the pool; requires pending() == 0. Returns like ChunkBuffer::fill; when no
+  // pipe can be made, -1 with pipe2's errno (EMFILE, ENFILE).
+  ssize_t fill(int fd);
+  // One splice(2) of pending bytes into `fd`. Returns the byte count or -1
+  // with errno. The pipe goes back once empty.
+  ssize_t drain(int fd);
+  // Moves all pending bytes into the empty `buf` (for a destination that
+  // refuses splice). Returns false, errno set, if they could not all be moved.
+  bool spill(ChunkBuffer& buf);
+  // Returns an empty pipe to the pool; one with bytes left in it is closed.
+  void release();
+
+ private:
+  int read_fd_ = -1;
+  int write_fd_ = -1;
+  size_t pending_ = 0;
+};
+
+}  // namespace rs::net

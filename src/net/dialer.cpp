@@ -1,0 +1,258 @@
+#include "net/dialer.hpp"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/log.hpp"
+
+namespace rs::net {
+
+void tune_socket(int fd, const DialOptions& opts) {
+  int on = 1;
+  if (opts.nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  if (opts.keepalive) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  if (opts.sndbuf > 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opts.sndbuf, sizeof opts.sndbuf);
+  if (opts.rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &opts.rcvbuf, sizeof opts.rcvbuf);
+}
+
+namespace {
+
+bool is_loopback(const SockAddr& sa) {
+  if (sa.family() == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(sa.get());
+    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  }
+  auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa.get());
+  return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) || IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
+}
+
+bool is_wildcard(const SockAddr& sa) {
+  if (sa.family() == AF_INET)
+    return reinterpret_cast<const sockaddr_in*>(sa.get())->sin_addr.s_addr == INADDR_ANY;
+  return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(sa.get())->sin6_addr);
+}
+
+// A listener on a wildcard address is reachable at any local address; we
+// check the loopback ones and the wildcard itself (which connects locally).
+bool is_denied(const SockAddr& sa, const std::vector<SockAddr>& deny) {
+  for (const auto& d : deny) {
+    if (d.port() != sa.port()) continue;
+    if (d.to_string() == sa.to_string()) return true;
+    if (is_wildcard(d) && (is_loopback(sa) || is_wildcard(sa))) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+Dialer::Dialer(ev::Loop* loop, Resolver* resolver, const DialOptions& opts)
+    : loop_(loop),
+      resolver_(resolver),
+      opts_(opts),
+      io_(loop, [this](int ev) { on_io(ev); }),
+      timer_(loop, [this](int) { finish(DialError::kTimeout, "timed out"); }),
+      kick_(loop, [this](int) {
+        kick_.stop();
+        finish(last_error_, last_message_);
+      }) {}
+
+Dialer::~Dialer() = default;
+
+void Dialer::start(proto::Address target, std::vector<proto::ProxyUri> chain,
+                   const std::vector<SockAddr>* deny, Callback cb) {
+  target_ = std::move(target);
+  deny_ = deny;
+  chain_ = std::move(chain);
+  cb_ = std::move(cb);
+  timer_.start(opts_.timeout);
+  const proto::Address first = chain_.empty() ? target_ : chain_.front().address();
+  stage_ = Stage::kResolving;
+  // Numeric addresses skip the resolver; the resolver handles the rest
+  // (and never answers synchronously).
+  if (first.is_ipv4()) {
+    addrs_.push_back(SockAddr::from(std::get<proto::Ipv4>(first.host), first.port));
+  } else if (first.is_ipv6()) {
+    addrs_.push_back(SockAddr::from(std::get<proto::Ipv6>(first.host), first.port));
+  } else {
+    query_ = resolver_->resolve(first.host_string(), first.port,
+                                [this](std::vector<SockAddr> addrs, std::string error) {
+                                  query_.reset();
+                                  if (addrs.empty()) {
+                                    finish(DialError::kHostUnreachable, error);
+                                    return;
+                                  }
+                                  addrs_ = std::move(addrs);
+                                  connect_next();
+                                });
+    return;
+  }
+  // Connecting from start() could fail synchronously; keep the callback
+  // contract by running the attempt from the loop.
+  stage_ = Stage::kConnecting;
+  kick_.set_callback([this](int) {
+    kick_.stop();
+    connect_next();
+  });
+  kick_.start();
+}
+
+void Dialer::connect_next() {
+  stage_ = Stage::kConnecting;
+  while (next_addr_ < addrs_.size()) {
+    const SockAddr& sa = addrs_[next_addr_++];
+    if (chain_.empty() && deny_ && is_denied(sa, *deny_)) {
+      last_error_ = DialError::kNotAllowed;
+      last_message_ = fmt::format("{} is not reachable through the proxy", sa.to_string());
+      continue;
+    }
+    UniqueFd fd(socket(sa.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
+    if (!fd) {
+      last_error_ = DialError::kGeneral;
+      last_message_ = fmt::format("socket: {}", std::strerror(errno));
+      continue;
+    }
+    if (!opts_.netdev.empty() &&
+        setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, opts_.netdev.data(),
+                   static_cast<socklen_t>(opts_.netdev.size())) != 0) {
+      last_error_ = DialError::kGeneral;
+      last_message_ = fmt::format("bind to device {}: {}", opts_.netdev, std::strerror(errno));
+      continue;
+    }
+    tune_socket(fd.get(), opts_);
+    if (connect(fd.get(), sa.get(), sa.len) != 0 && errno != EINPROGRESS) {
+      last_error_ = from_errno(errno);
+      last_message_ = fmt::format("connect {}: {}", sa.to_string(), std::strerror(errno));
+      log::debug("{}", last_message_);
+      continue;
+    }
+    fd_ = std::move(fd);
+    io_.set(fd_.get(), EV_WRITE);
+    io_.start();
+    return;
+  }
+  finish(last_error_, last_message_.empty() ? "no address to connect to" : last_message_);
+}
+
+void Dialer::on_connect() {
+  int err = 0;
+  socklen_t len = sizeof err;
+  getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) {
+    last_error_ = from_errno(err);
+    last_message_ = fmt::format("connect {}: {}", addrs_[next_addr_ - 1].to_string(),
+                                std::strerror(err));
+    log::debug("{}", last_message_);
+    io_.stop();
+    fd_.reset();
+    connect_next();
+    return;
+  }
+  io_.stop();
+  hop_ = 0;
+  begin_hop();
+}
+
+void Dialer::begin_hop() {
+  if (hop_ >= chain_.size()) {
+    finish(DialError::kOk, {});
+    return;
+  }
+  const proto::Address next = hop_ + 1 < chain_.size() ? chain_[hop_ + 1].address() : target_;
+  if (chain_[hop_].scheme == proto::ProxyUri::Scheme::kSocks4a && next.is_ipv6()) {
+    finish(DialError::kAddressType,
+           fmt::format("{}: SOCKS4A cannot carry IPv6 address {}", chain_[hop_].to_string(),
+                       next.to_string()));
+    return;
+  }
+  hs_ = std::make_unique<HopHandshake>(chain_[hop_], next);
+  stage_ = Stage::kHandshake;
+  out_ = hs_->start();
+  in_.clear();
+  io_.set(fd_.get(), EV_WRITE);
+  io_.start();
+}
+
+void Dialer::on_io(int revents) {
+  if (stage_ == Stage::kConnecting) {
+    on_connect();
+    return;
+  }
+  if (stage_ != Stage::kHandshake) return;
+  if (revents & EV_WRITE) {
+    ssize_t n = send(fd_.get(), out_.data(), out_.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) return;
+      finish(from_errno(errno), fmt::format("{}: send: {}", chain_[hop_].to_string(),
+                                            std::strerror(errno)));
+      return;
+    }
+    out_.erase(0, static_cast<size_t>(n));
+    if (out_.empty()) io_.modify(EV_READ);
+    return;
+  }
+  // Peek rather than read, so that bytes after the hop's reply (the target
+  // may speak first) stay in the socket for the relay.
+  uint8_t buf[4096];
+  ssize_t n = recv(fd_.get(), buf, sizeof buf, MSG_PEEK);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EINTR) return;
+    finish(from_errno(errno),
+           fmt::format("{}: recv: {}", chain_[hop_].to_string(), std::strerror(errno)));
+    return;
+  }
+  if (n == 0) {
+    finish(DialError::kGeneral,
+           fmt::format("{}: connection closed during handshake", chain_[hop_].to_string()));
+    return;
+  }
+  const size_t held = in_.size();
+  in_.insert(in_.end(), buf, buf + n);
+  auto step = hs_->feed(in_);
+  switch (step.status) {
+    case HopHandshake::Step::kNeedMore:
+      // Everything peeked belongs to the incomplete reply: take it.
+      if (in_.size() > 16384) {
+        finish(DialError::kGeneral,
+               fmt::format("{}: handshake reply too long", chain_[hop_].to_string()));
+        return;
+      }
+      (void)recv(fd_.get(), buf, static_cast<size_t>(n), 0);
+      return;
+    case HopHandshake::Step::kError:
+      finish(step.error, step.message);
+      return;
+    case HopHandshake::Step::kSend:
+    case HopHandshake::Step::kDone:
+      // Consume exactly the reply's bytes still sitting in the socket.
+      (void)recv(fd_.get(), buf, step.consumed - held, 0);
+      in_.clear();
+      break;
+  }
+  if (step.status == HopHandshake::Step::kSend) {
+    out_ = std::move(step.out);
+    io_.modify(EV_WRITE);
+    return;
+  }
+  ++hop_;
+  begin_hop();
+}
+
+void Dialer::finish(DialError err, std::string msg) {
+  if (stage_ == Stage::kDone) return;
+  stage_ = Stage::kDone;
+  io_.stop();
+  timer_.stop();
+  kick_.stop();
+  query_.reset();
+  UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};
+  fd_.reset();
+  auto cb = std::move(cb_);
+  cb(std::move(fd), err, msg);
+}
+
+}  // namespace rs::net

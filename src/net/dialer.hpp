@@ -1,0 +1,82 @@
+// Outbound connections: resolve, connect (trying each resolved address in
+// turn) and then one handshake per proxy hop, each asking its hop to connect
+// to the next one and the last to the target.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/fd.hpp"
+#include "core/loop.hpp"
+#include "net/dial_error.hpp"
+#include "net/hop.hpp"
+#include "net/resolver.hpp"
+#include "net/sockaddr.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
+
+namespace rs::net {
+
+struct DialOptions {
+  double timeout = 60.0;  // for the whole dial: resolve, connect, every hop
+  std::string netdev;     // SO_BINDTODEVICE when not empty
+  int sndbuf = 0, rcvbuf = 0;
+  bool nodelay = true, keepalive = true;
+};
+
+// Applies DialOptions' socket options to a connected or accepted socket.
+void tune_socket(int fd, const DialOptions& opts);
+
+class Dialer {
+ public:
+  // On success fd is a connected, non-blocking socket past every hop's
+  // handshake. Called once, from the loop, never from inside start(). The
+  // owner must not destroy the Dialer inside the callback (defer it).
+  using Callback = std::function<void(UniqueFd fd, DialError err, const std::string& msg)>;
+
+  // `loop`, `resolver` and `opts` must outlive the Dialer.
+  Dialer(ev::Loop* loop, Resolver* resolver, const DialOptions& opts);
+  ~Dialer();  // cancels whatever is in progress; the callback is not called
+  Dialer(const Dialer&) = delete;
+  Dialer& operator=(const Dialer&) = delete;
+
+  // `chain` is in dial order: chain[0] is the first hop. A direct connection
+  // (empty chain) to an address in `deny` fails with kNotAllowed.
+  void start(proto::Address target, std::vector<proto::ProxyUri> chain,
+             const std::vector<SockAddr>* deny, Callback cb);
+
+ private:
+  void connect_next();
+  void on_connect();
+  void begin_hop();
+  void on_io(int revents);
+  void finish(DialError err, std::string msg);
+
+  ev::Loop* loop_;
+  Resolver* resolver_;
+  const DialOptions& opts_;
+  proto::Address target_;
+  std::vector<proto::ProxyUri> chain_;
+  Callback cb_;
+  const std::vector<SockAddr>* deny_ = nullptr;
+
+  std::unique_ptr<Resolver::Query> query_;
+  std::vector<SockAddr> addrs_;  // candidates for the first connection
+  size_t next_addr_ = 0;
+  DialError last_error_ = DialError::kHostUnreachable;
+  std::string last_message_;
+  UniqueFd fd_;
+  ev::Io io_;
+  ev::Timer timer_;
+  ev::Idle kick_;  // delivers failures detected inside start() from the loop
+
+  size_t hop_ = 0;  // index of the hop whose handshake is running
+  std::unique_ptr<HopHandshake> hs_;
+  std::string out_;              // handshake bytes not yet written
+  std::vector<uint8_t> in_;      // reply bytes taken while incomplete
+  enum class Stage { kIdle, kResolving, kConnecting, kHandshake, kDone } stage_ = Stage::kIdle;
+};
+
+}  // namespace rs::net

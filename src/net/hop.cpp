@@ -1,0 +1,130 @@
+#include "net/hop.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+
+#include "proto/http.hpp"
+#include "proto/socks4.hpp"
+#include "proto/socks5.hpp"
+
+namespace rs::net {
+
+using Scheme = proto::ProxyUri::Scheme;
+using proto::ParseStatus;
+
+DialError from_errno(int err) {
+  switch (err) {
+    case ECONNREFUSED: return DialError::kRefused;
+    case ENETUNREACH:
+    case ENETDOWN: return DialError::kNetUnreachable;
+    case EHOSTUNREACH:
+    case EHOSTDOWN: return DialError::kHostUnreachable;
+    case ETIMEDOUT: return DialError::kTimeout;
+    case EACCES:
+    case EPERM: return DialError::kNotAllowed;
+    default: return DialError::kGeneral;
+  }
+}
+
+HopHandshake::HopHandshake(const proto::ProxyUri& hop, proto::Address next)
+    : hop_(hop), next_(std::move(next)) {}
+
+std::string HopHandshake::start() {
+  switch (hop_.scheme) {
+    case Scheme::kSocks4a:
+      stage_ = Stage::kSocks4Reply;
+      return proto::socks4a_request(next_, hop_.username);
+    case Scheme::kSocks5:
+      stage_ = Stage::kSocks5Method;
+      return proto::socks5_greeting(hop_.has_auth);
+    case Scheme::kHttp:
+      stage_ = Stage::kHttpReply;
+      return proto::http_connect_request(next_, hop_.username, hop_.password);
+  }
+  return {};
+}
+
+namespace {
+using Step = HopHandshake::Step;
+Step fail(DialError e, std::string msg) {
+  Step s{Step::kError};
+  s.error = e;
+  s.message = std::move(msg);
+  return s;
+}
+Step need_more() { return Step{Step::kNeedMore}; }
+Step done(size_t consumed) {
+  Step s{Step::kDone};
+  s.consumed = consumed;
+  return s;
+}
+Step send(size_t consumed, std::string out) {
+  Step s{Step::kSend};
+  s.consumed = consumed;
+  s.out = std::move(out);
+  return s;
+}
+}  // namespace
+
+Step HopHandshake::feed(std::span<const uint8_t> in) {
+  const std::string where = hop_.to_string();
+  switch (stage_) {
+    case Stage::kSocks4Reply: {
+      auto r = proto::parse_socks4_reply(in);
+      if (r.status == ParseStatus::kNeedMore) return need_more();
+      if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
+      if (r.value != proto::socks4::kGranted)
+        return fail(DialError::kNotAllowed, fmt::format("{}: request rejected (SOCKS4 reply 0x{:02X})", where, r.value));
+      return done(r.consumed);
+    }
+    case Stage::kSocks5Method: {
+      auto r = proto::parse_method_selection(in);
+      if (r.status == ParseStatus::kNeedMore) return need_more();
+      if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
+      if (r.value == proto::socks5::kMethodNoAuth) {
+        stage_ = Stage::kSocks5Reply;
+        return send(r.consumed, proto::socks5_request(next_));
+      }
+      if (r.value == proto::socks5::kMethodPassword && hop_.has_auth) {
+        stage_ = Stage::kSocks5Auth;
+        return send(r.consumed, proto::socks5_auth_request(hop_.username, hop_.password));
+      }
+      return fail(DialError::kNotAllowed,
+                  where + (hop_.has_auth ? ": no acceptable authentication method"
+                                         : ": proxy requires authentication"));
+    }
+    case Stage::kSocks5Auth: {
+      auto r = proto::parse_auth_reply(in);
+      if (r.status == ParseStatus::kNeedMore) return need_more();
+      if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
+      if (!r.value) return fail(DialError::kNotAllowed, where + ": authentication failed");
+      stage_ = Stage::kSocks5Reply;
+      return send(r.consumed, proto::socks5_request(next_));
+    }
+    case Stage::kSocks5Reply: {
+      auto r = proto::parse_socks5_reply(in);
+      if (r.status == ParseStatus::kNeedMore) return need_more();
+      if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
+      if (r.value.rep != 0) {
+        auto e = from_socks5_rep(r.value.rep);
+        return fail(e, where + ": " + to_string(e));
+      }
+      return done(r.consumed);
+    }
+    case Stage::kHttpReply: {
+      auto r = proto::parse_http_response(in);
+      if (r.status == ParseStatus::kNeedMore) return need_more();
+      if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
+      int code = r.value.status;
+      if (code / 100 == 2) return done(r.consumed);
+      auto e = code == 403 || code == 407 ? DialError::kNotAllowed
+               : code == 504             ? DialError::kTimeout
+                                         : DialError::kGeneral;
+      return fail(e, where + ": HTTP " + std::to_string(code) + " " + r.value.reason);
+    }
+  }
+  return fail(DialError::kGeneral, where + ": bad state");
+}
+
+}  // namespace rs::net

@@ -1,0 +1,40 @@
+// Client side of one proxy-chain hop, as a pure state machine (no sockets):
+// the dialer sends what it says and feeds back what the hop answers.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "net/dial_error.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
+
+namespace rs::net {
+
+class HopHandshake {
+ public:
+  // Asks the proxy `hop` to connect to `next` (the following hop or the target).
+  HopHandshake(const proto::ProxyUri& hop, proto::Address next);
+
+  struct Step {
+    enum Status { kNeedMore, kSend, kDone, kError } status = kNeedMore;
+    size_t consumed = 0;   // bytes of the input that belong to the handshake
+    std::string out = {};  // kSend: bytes to write before reading again
+    DialError error = DialError::kOk;
+    std::string message = {};  // kError: what went wrong, for the log
+  };
+
+  // The first bytes to send (every supported scheme speaks first).
+  std::string start();
+  // Feeds everything received since the last consumed byte.
+  Step feed(std::span<const uint8_t> in);
+
+ private:
+  enum class Stage { kSocks4Reply, kSocks5Method, kSocks5Auth, kSocks5Reply, kHttpReply };
+  proto::ProxyUri hop_;
+  proto::Address next_;
+  Stage stage_{};
+};
+
+}  // namespace rs::net

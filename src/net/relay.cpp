@@ -1,0 +1,232 @@
+#include "net/relay.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace rs::net {
+namespace {
+
+// Reads per wakeup before yielding to other sessions: up to 1 MiB.
+constexpr int kMaxRounds = 16;
+
+void set_nonblocking(int fd) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0 && !(flags & O_NONBLOCK)) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+// splice(2) refuses file types it cannot handle with these.
+bool splice_unsupported(int err) { return err == EINVAL || err == ENOSYS; }
+
+}  // namespace
+
+Relay::Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions opts,
+             DoneCallback done)
+    : loop_(loop),
+      opts_(opts),
+      done_(std::move(done)),
+      client_(std::move(client)),
+      upstream_(std::move(upstream)),
+      up_(this, Dir::kUp, client_.get(), upstream_.get()),
+      down_(this, Dir::kDown, upstream_.get(), client_.get()),
+      timer_(loop, [this](int) { on_timer(); }) {
+  set_nonblocking(client_.get());
+  set_nonblocking(upstream_.get());
+}
+
+Relay::~Relay() = default;
+
+void Relay::start(std::string_view initial_up) {
+  last_active_ = ev_now(loop_);
+  if (opts_.idle_timeout > 0) timer_.start(opts_.idle_timeout);
+  up_.start(initial_up);
+  down_.start({});
+}
+
+void Relay::on_traffic(Dir dir, size_t n) {
+  if (dir == Dir::kUp) {
+    stats_.up += n;
+    totals_.up += n;
+  } else {
+    stats_.down += n;
+    totals_.down += n;
+  }
+  if (!opts_.bidir_timeout || (stats_.up > 0 && stats_.down > 0)) last_active_ = ev_now(loop_);
+}
+
+void Relay::on_pump_finished() {
+  if (up_.finished() && down_.finished()) close(kFinished);
+}
+
+// The timer is not pushed back on every read: it only notes the time of the
+// last traffic and, when it fires early, sleeps again for what is left.
+void Relay::on_timer() {
+  double left = last_active_ + opts_.idle_timeout - ev_now(loop_);
+  if (left > 0) {
+    timer_.start(left);
+    return;
+  }
+  bool both_ways = stats_.up > 0 && stats_.down > 0;
+  close(opts_.bidir_timeout && !both_ways ? kBidirTimeout : kIdleTimeout);
+}
+
+void Relay::close(std::string_view reason) {
+  if (closed_) return;
+  closed_ = true;
+  up_.stop();
+  down_.stop();
+  timer_.stop();
+  done_(stats_, reason);
+}
+
+Relay::Pump::Pump(Relay* relay, Dir dir, int src, int dst)
+    : relay_(relay),
+      dir_(dir),
+      splice_(relay->opts_.use_splice),
+      src_(src),
+      dst_(dst),
+      src_watcher_(relay->loop_, [this](int) { on_readable(); }),
+      dst_watcher_(relay->loop_, [this](int) { on_writable(); }) {
+  src_watcher_.set(src, EV_READ);
+  dst_watcher_.set(dst, EV_WRITE);
+}
+
+void Relay::Pump::start(std::string_view preamble) {
+  preamble_.assign(preamble);
+  if (pending() > 0) {
+    dst_watcher_.start();
+  } else {
+    src_watcher_.start();
+  }
+}
+
+void Relay::Pump::stop() {
+  src_watcher_.stop();
+  dst_watcher_.stop();
+  std::string().swap(preamble_);  // frees it; clear() would keep the capacity
+  preamble_sent_ = 0;
+  pipe_.release();
+  buf_.release();
+}
+
+void Relay::Pump::on_readable() {
+  for (int round = 0; round < kMaxRounds; ++round) {
+    ssize_t n = fill();
+    if (n == 0) {
+      on_eof();
+      return;
+    }
+    if (n < 0) {
+      int err = errno;
+      if (err == EINTR) continue;
+      if (!would_block(err)) fail(src_, "read", err);
+      return;
+    }
+    if (flush() != Flush::kDone) return;
+    // A short read means the socket is drained; readiness is level-triggered,
+    // so skipping the read that would say EAGAIN loses nothing.
+    if (static_cast<size_t>(n) < kChunkSize) return;
+  }
+}
+
+void Relay::Pump::on_writable() {
+  if (flush() != Flush::kDone) return;
+  if (state_ == State::kLinger) {
+    finish();
+    return;
+  }
+  dst_watcher_.stop();
+  src_watcher_.start();
+  // The source most likely has more already: read now rather than next wakeup.
+  on_readable();
+}
+
+void Relay::Pump::on_eof() {
+  state_ = State::kLinger;
+  if (flush() == Flush::kDone) finish();
+}
+
+void Relay::Pump::finish() {
+  state_ = State::kFinished;
+  stop();
+  // Failure (ENOTCONN after a reset) is left to the other pump to report.
+  ::shutdown(dst_, SHUT_WR);
+  relay_->on_pump_finished();
+}
+
+void Relay::Pump::fail(int fd, const char* op, int err) {
+  const char* side = fd == relay_->client_.get() ? "client" : "upstream";
+  relay_->close(fmt::format("{} {}: {}", side, op, std::strerror(err)));
+}
+
+Relay::Pump::Flush Relay::Pump::flush() {
+  while (pending() > 0) {
+    ssize_t n = drain();
+    if (n > 0) {
+      relay_->on_traffic(dir_, static_cast<size_t>(n));
+      continue;
+    }
+    // A stream socket never accepts 0 bytes of a non-empty write; should it
+    // happen, waiting for EV_WRITE is the harmless answer.
+    int err = n == 0 ? EAGAIN : errno;
+    if (err == EINTR) continue;
+    if (would_block(err)) {
+      src_watcher_.stop();
+      dst_watcher_.start();
+      return Flush::kBlocked;
+    }
+    // The destination refuses splice: copy what the pipe holds, and from now on.
+    if (splice_unsupported(err) && pipe_.pending() > 0 && pipe_.spill(buf_)) {
+      splice_ = false;
+      continue;
+    }
+    fail(dst_, "write", err);
+    return Flush::kClosed;
+  }
+  return Flush::kDone;
+}
+
+ssize_t Relay::Pump::fill() {
+  if (splice_) {
+    ssize_t n = pipe_.fill(src_);
+    if (n >= 0) return n;
+    int err = errno;
+    if (splice_unsupported(err)) {
+      splice_ = false;  // this source cannot splice: copy from now on
+    } else if (err != EMFILE && err != ENFILE) {
+      return n;  // EAGAIN or a read error
+    }
+    // Otherwise no pipe could be made: copy this one chunk.
+  }
+  return buf_.fill(src_);
+}
+
+ssize_t Relay::Pump::drain() {
+  if (preamble_sent_ < preamble_.size()) {
+    ssize_t n = ::send(dst_, preamble_.data() + preamble_sent_, preamble_.size() - preamble_sent_,
+                       MSG_NOSIGNAL);
+    if (n > 0) {
+      preamble_sent_ += static_cast<size_t>(n);
+      if (preamble_sent_ == preamble_.size()) {
+        std::string().swap(preamble_);
+        preamble_sent_ = 0;
+      }
+    }
+    return n;
+  }
+  if (pipe_.pending() > 0) return pipe_.drain(dst_);
+  return buf_.drain(dst_);
+}
+
+size_t Relay::Pump::pending() const {
+  return preamble_.size() - preamble_sent_ + pipe_.pending() + buf_.pending();
+}
+
+}  // namespace rs::net

@@ -1,0 +1,156 @@
+// The relay: moves bytes between an accepted client socket and the dialled
+// upstream socket until both directions are done.
+//
+// Two independent half-duplex pumps, "up" (client -> upstream) and "down"
+// (upstream -> client), each moving CONNECTED -> LINGER -> FINISHED and never
+// back: at EOF from its source a pump delivers what it still holds, then
+// shutdown(dst, SHUT_WR) passes the EOF on, while the other direction goes on.
+// A read or write error on either socket ends both directions. Backpressure is
+// the choice of watcher: while its destination would block, a pump stops
+// watching the source for EV_READ and watches the destination for EV_WRITE.
+//
+// An idle relay holds no buffer and no pipe: a pump borrows a chunk from the
+// pools in buffer_pool.hpp for each read and returns it once written.
+//
+// Lifecycle: construct (takes both fds) -> start() -> `done` runs exactly once,
+// from a loop callback -> the owner destroys the Relay. `done` must not destroy
+// the Relay (one of its watchers is on the stack): defer that with
+// rs::ev::Deferred. Destroying a Relay before `done` runs is fine: it stops
+// silently and `done` never runs.
+//
+// With use_splice, writing into a socket whose peer is gone raises SIGPIPE
+// (splice(2) has no MSG_NOSIGNAL), so the process must ignore SIGPIPE.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "core/fd.hpp"
+#include "core/loop.hpp"
+#include "net/buffer_pool.hpp"
+
+namespace rs::net {
+
+struct RelayOptions {
+  // Move bytes with splice(2) through a pipe instead of copying them through a
+  // buffer. A direction whose source cannot splice falls back to copying.
+  bool use_splice = false;
+  // Seconds without traffic in either direction before the relay is closed;
+  // 0 = never.
+  double idle_timeout = 0;
+  // Traffic refreshes the idle timer only once both directions have carried
+  // bytes (neosocksd --bidir-timeout): a session that only ever talks one way
+  // is closed idle_timeout after start(). Needs idle_timeout > 0.
+  bool bidir_timeout = false;
+};
+
+struct RelayStats {
+  uint64_t up = 0;    // bytes delivered client -> upstream
+  uint64_t down = 0;  // bytes delivered upstream -> client
+};
+
+class Relay {
+ public:
+  using DoneCallback = std::function<void(const RelayStats& stats, std::string_view reason)>;
+
+  // Reasons given to `done` other than an I/O error ("client read: ...",
+  // "upstream write: ...").
+  static constexpr std::string_view kFinished = "finished";  // EOF both ways
+  static constexpr std::string_view kIdleTimeout = "idle timeout";
+  static constexpr std::string_view kBidirTimeout = "timeout before traffic both ways";
+
+  // Takes ownership of both stream sockets and makes them non-blocking.
+  Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions opts, DoneCallback done);
+  // Stops the watchers, returns chunks to the pools and closes both fds.
+  ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  // Starts both directions; call once. `initial_up`: bytes already read from
+  // the client beyond the handshake, sent upstream before anything else. No
+  // I/O happens here, so `done` never runs inside start().
+  void start(std::string_view initial_up = {});
+
+  const RelayStats& stats() const { return stats_; }
+  // True once `done` has run; the relay then holds nothing but its fds.
+  bool closed() const { return closed_; }
+  // Sums over every relay of the process (for /stats).
+  static const RelayStats& totals() { return totals_; }
+
+ private:
+  enum class Dir : uint8_t { kUp, kDown };
+
+  // One direction: reads `src`, writes `dst`. Each pump has its own two
+  // watchers (EV_READ on src, EV_WRITE on dst), so each fd carries two, one
+  // from each pump; libev merges them into one epoll registration. That keeps
+  // the pumps independent: a pump switches between reading and writing
+  // without knowing what the other one is waiting for.
+  class Pump {
+   public:
+    Pump(Relay* relay, Dir dir, int src, int dst);
+    // `preamble` goes to dst before anything read from src.
+    void start(std::string_view preamble);
+    // Stops both watchers and drops whatever is in flight.
+    void stop();
+    bool finished() const { return state_ == State::kFinished; }
+
+   private:
+    enum class State : uint8_t { kConnected, kLinger, kFinished };
+    enum class Flush : uint8_t { kDone, kBlocked, kClosed };
+
+    void on_readable();
+    void on_writable();
+    void on_eof();
+    void finish();
+    // Closes the relay, naming the side of `fd` in the reason.
+    void fail(int fd, const char* op, int err);
+    // Writes pending bytes until done, blocked (then waits for EV_WRITE) or
+    // failed (then the relay is closed).
+    Flush flush();
+    ssize_t fill();
+    ssize_t drain();
+    size_t pending() const;
+
+    Relay* relay_;
+    Dir dir_;
+    State state_ = State::kConnected;
+    bool splice_;
+    int src_;
+    int dst_;
+    std::string preamble_;
+    size_t preamble_sent_ = 0;
+    // At most one of these holds bytes at a time.
+    SplicePipe pipe_;
+    ChunkBuffer buf_;
+    ev::Io src_watcher_;
+    ev::Io dst_watcher_;
+  };
+
+  void on_traffic(Dir dir, size_t n);
+  void on_pump_finished();
+  void on_timer();
+  void close(std::string_view reason);
+
+  ev::Loop* loop_;
+  RelayOptions opts_;
+  DoneCallback done_;
+  RelayStats stats_;
+  double last_active_ = 0;  // ev_now() of the last traffic that counts for the timer
+  bool closed_ = false;
+  // The fds are declared before the pumps so that the watchers stop before
+  // the fds close.
+  UniqueFd client_;
+  UniqueFd upstream_;
+  Pump up_;
+  Pump down_;
+  ev::Timer timer_;
+
+  inline static RelayStats totals_;
+};
+
+}  // namespace rs::net

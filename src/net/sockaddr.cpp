@@ -1,0 +1,125 @@
+#include "net/sockaddr.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstring>
+
+namespace rs::net {
+
+namespace {
+
+sockaddr_in* v4(sockaddr_storage& ss) {
+  return reinterpret_cast<sockaddr_in*>(&ss);
+}
+sockaddr_in6* v6(sockaddr_storage& ss) {
+  return reinterpret_cast<sockaddr_in6*>(&ss);
+}
+const sockaddr_in* v4(const sockaddr_storage& ss) {
+  return reinterpret_cast<const sockaddr_in*>(&ss);
+}
+const sockaddr_in6* v6(const sockaddr_storage& ss) {
+  return reinterpret_cast<const sockaddr_in6*>(&ss);
+}
+
+using NameFn = int (*)(int, sockaddr*, socklen_t*);
+
+SockAddr name_of(int fd, NameFn fn) {
+  SockAddr a;
+  socklen_t len = sizeof a.ss;
+  if (fn(fd, reinterpret_cast<sockaddr*>(&a.ss), &len) != 0) return {};
+  a.len = len;
+  return a;
+}
+
+}  // namespace
+
+uint16_t SockAddr::port() const {
+  switch (family()) {
+    case AF_INET:
+      return ntohs(v4(ss)->sin_port);
+    case AF_INET6:
+      return ntohs(v6(ss)->sin6_port);
+  }
+  return 0;
+}
+
+void SockAddr::set_port(uint16_t port) {
+  switch (family()) {
+    case AF_INET:
+      v4(ss)->sin_port = htons(port);
+      break;
+    case AF_INET6:
+      v6(ss)->sin6_port = htons(port);
+      break;
+  }
+}
+
+std::string SockAddr::to_string() const {
+  if (family() != AF_INET && family() != AF_INET6) return "-";
+  return to_address().to_string();
+}
+
+SockAddr SockAddr::from(const proto::Ipv4& ip, uint16_t port) {
+  SockAddr a;
+  auto* sin = v4(a.ss);
+  sin->sin_family = AF_INET;
+  sin->sin_port = htons(port);
+  std::memcpy(&sin->sin_addr, ip.data(), ip.size());
+  a.len = sizeof *sin;
+  return a;
+}
+
+SockAddr SockAddr::from(const proto::Ipv6& ip, uint16_t port) {
+  SockAddr a;
+  auto* sin6 = v6(a.ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(port);
+  std::memcpy(&sin6->sin6_addr, ip.data(), ip.size());
+  a.len = sizeof *sin6;
+  return a;
+}
+
+std::optional<SockAddr> SockAddr::from_sockaddr(const sockaddr* sa, socklen_t len) {
+  if (sa == nullptr) return std::nullopt;
+  socklen_t want = 0;
+  if (sa->sa_family == AF_INET) want = sizeof(sockaddr_in);
+  if (sa->sa_family == AF_INET6) want = sizeof(sockaddr_in6);
+  if (want == 0 || len < want) return std::nullopt;
+  SockAddr a;
+  std::memcpy(&a.ss, sa, want);
+  a.len = want;
+  return a;
+}
+
+proto::Address SockAddr::to_address() const {
+  if (family() == AF_INET6) {
+    proto::Ipv6 ip;
+    std::memcpy(ip.data(), &v6(ss)->sin6_addr, ip.size());
+    return {ip, port()};
+  }
+  proto::Ipv4 ip{};
+  if (family() == AF_INET) std::memcpy(ip.data(), &v4(ss)->sin_addr, ip.size());
+  return {ip, port()};
+}
+
+std::optional<SockAddr> parse_sockaddr(std::string_view s) {
+  auto hp = proto::split_host_port(s);
+  if (!hp) return std::nullopt;
+  auto port = proto::parse_port(hp->port);
+  if (!port) return std::nullopt;
+  // Brackets are for IPv6 only: "[1.2.3.4]:80" is as wrong as "::1:80".
+  bool bracketed = s.front() == '[';
+  if (auto ip = proto::parse_ipv6(hp->host); ip && bracketed) return SockAddr::from(*ip, *port);
+  if (auto ip = proto::parse_ipv4(hp->host); ip && !bracketed) return SockAddr::from(*ip, *port);
+  return std::nullopt;
+}
+
+SockAddr peer_of(int fd) {
+  return name_of(fd, ::getpeername);
+}
+SockAddr local_of(int fd) {
+  return name_of(fd, ::getsockname);
+}
+
+}  // namespace rs::net

@@ -1,0 +1,162 @@
+#include "proto/proxy_uri.hpp"
+
+#include <optional>
+
+#include "proto/http.hpp"  // iequals
+
+namespace rs::proto {
+
+namespace {
+
+std::optional<ProxyUri::Scheme> parse_scheme(std::string_view s) {
+  if (iequals(s, "socks4a") || iequals(s, "socks4")) return ProxyUri::Scheme::kSocks4a;
+  if (iequals(s, "socks5") || iequals(s, "socks5h")) return ProxyUri::Scheme::kSocks5;
+  if (iequals(s, "http")) return ProxyUri::Scheme::kHttp;
+  return std::nullopt;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out.push_back(s[i]);
+      continue;
+    }
+    int hi = i + 2 < s.size() ? hex_value(s[i + 1]) : -1;
+    int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
+    if (lo < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hi << 4 | lo));
+    i += 2;
+  }
+  return out;
+}
+
+// Characters that must be escaped to survive in a printed URI's host part are
+// all refused by make_address(), so no escaping is needed when printing.
+std::string host_for_uri(const std::string& host) {
+  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+}
+
+std::string_view trim_spaces(std::string_view s) {
+  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+  while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
+  return s;
+}
+
+}  // namespace
+
+std::string_view scheme_name(ProxyUri::Scheme scheme) {
+  switch (scheme) {
+    case ProxyUri::Scheme::kSocks4a:
+      return "socks4a";
+    case ProxyUri::Scheme::kSocks5:
+      return "socks5";
+    case ProxyUri::Scheme::kHttp:
+      return "http";
+  }
+  return "?";
+}
+
+Address ProxyUri::address() const {
+  // parse_proxy_uri() validated the host, so this only fails for a ProxyUri
+  // built by hand; it then stays a name and fails to resolve later.
+  if (auto addr = make_address(host, port)) return *addr;
+  return Address{host, port};
+}
+
+std::string ProxyUri::to_string() const {
+  std::string out(scheme_name(scheme));
+  out += "://";
+  if (has_auth) out += "***@";
+  out += host_for_uri(host) + ":" + std::to_string(port);
+  return out;
+}
+
+ProxyUriResult parse_proxy_uri(std::string_view text) {
+  // Messages never quote the whole text: it may hold a password.
+  auto fail = [](std::string why) { return ProxyUriResult{{}, std::move(why)}; };
+  ProxyUri uri;
+  size_t sep = text.find("://");
+  if (sep == std::string_view::npos) return fail("missing scheme (e.g. socks5://)");
+  auto scheme = parse_scheme(text.substr(0, sep));
+  if (!scheme) return fail("unknown scheme \"" + std::string(text.substr(0, sep)) + "\"");
+  uri.scheme = *scheme;
+
+  // Userinfo ends at the last '@': passwords often hold an unescaped '@'.
+  auto rest = text.substr(sep + 3);
+  size_t at = rest.rfind('@');
+  if (at != std::string_view::npos) {
+    auto userinfo = rest.substr(0, at);
+    size_t colon = userinfo.find(':');
+    auto user = percent_decode(userinfo.substr(0, colon));
+    auto pass = colon == std::string_view::npos ? std::optional<std::string>("")
+                                                : percent_decode(userinfo.substr(colon + 1));
+    if (!user || !pass) return fail("bad percent-escape in credentials");
+    // Every scheme sends credentials only along with a user name.
+    if (user->empty()) return fail("credentials without a user name");
+    if (uri.scheme == ProxyUri::Scheme::kSocks4a && colon != std::string_view::npos)
+      return fail("socks4a takes no password");
+    uri.username = std::move(*user);
+    uri.password = std::move(*pass);
+    uri.has_auth = true;
+    rest = rest.substr(at + 1);
+  }
+
+  // The authority ends at the path, query or fragment; only a bare "/" may follow.
+  size_t tail = rest.find_first_of("/?#");
+  if (tail != std::string_view::npos) {
+    if (rest.substr(tail) != "/") return fail("unexpected path \"" + std::string(rest.substr(tail)) + "\"");
+    rest = rest.substr(0, tail);
+  }
+
+  std::string_view host, port;
+  if (rest.starts_with('[')) {
+    size_t close = rest.find(']');
+    if (close == std::string_view::npos) return fail("unterminated IPv6 literal");
+    host = rest.substr(1, close - 1);
+    if (!parse_ipv6(host)) return fail("bad IPv6 literal \"" + std::string(host) + "\"");
+    rest = rest.substr(close + 1);
+    if (!rest.starts_with(':')) return fail("missing port");
+    port = rest.substr(1);
+  } else {
+    size_t colon = rest.rfind(':');
+    if (colon == std::string_view::npos) return fail("missing port");
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos)
+      return fail("IPv6 literal must be in brackets");
+    if (host.empty()) return fail("empty host");
+    if (!make_address(host, 0)) return fail("invalid host \"" + std::string(host) + "\"");
+  }
+  if (port.empty()) return fail("missing port");
+  auto port_number = parse_port(port);
+  if (!port_number || *port_number == 0) return fail("bad port \"" + std::string(port) + "\"");
+  uri.host = host;
+  uri.port = *port_number;
+  return {std::move(uri), {}};
+}
+
+ProxyListResult parse_proxy_list(std::string_view text) {
+  ProxyListResult result;
+  for (;;) {
+    size_t comma = text.find(',');
+    auto entry = trim_spaces(text.substr(0, comma));
+    if (entry.empty())
+      return {{}, "proxy " + std::to_string(result.proxies.size() + 1) + ": empty entry"};
+    auto parsed = parse_proxy_uri(entry);
+    if (!parsed.ok())
+      return {{}, "proxy " + std::to_string(result.proxies.size() + 1) + ": " + parsed.error};
+    result.proxies.push_back(std::move(parsed.uri));
+    if (comma == std::string_view::npos) return result;
+    text.remove_prefix(comma + 1);
+  }
+}
+
+}  // namespace rs::proto

@@ -1,0 +1,37 @@
+// A listening socket that hands accepted connections to the Server.
+#pragma once
+
+#include "core/fd.hpp"
+#include "core/loop.hpp"
+#include "net/sockaddr.hpp"
+
+namespace rs::server {
+
+class Server;
+enum class ListenerKind;
+
+class Listener {
+ public:
+  // Binds and listens; throws std::runtime_error naming the address and the
+  // system error.
+  Listener(Server& server, const net::SockAddr& addr, ListenerKind kind, bool reuseport);
+  void start();
+  void stop();
+  const net::SockAddr& address() const { return addr_; }
+
+ private:
+  void on_accept();
+
+  Server& server_;
+  net::SockAddr addr_;
+  ListenerKind kind_;
+  UniqueFd fd_;
+  ev::Io io_;
+  // Out of file descriptors: pause accepting instead of spinning on EMFILE.
+  ev::Timer backoff_;
+};
+
+// Creates a bound, listening, non-blocking TCP socket; throws on failure.
+UniqueFd listen_tcp(const net::SockAddr& addr, bool reuseport);
+
+}  // namespace rs::server

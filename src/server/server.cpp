@@ -1,0 +1,110 @@
+#include "server/server.hpp"
+
+#include <random>
+#include <stdexcept>
+
+#include "core/log.hpp"
+#include "server/listener.hpp"
+#include "server/session.hpp"
+
+namespace rs::server {
+namespace {
+
+net::SockAddr parse_listen(const std::string& text) {
+  if (auto sa = net::parse_sockaddr(text)) return *sa;
+  // Host names ("localhost:1080") are resolved once, at start-up.
+  auto hp = proto::split_host_port(text);
+  auto port = hp ? proto::parse_port(hp->port) : std::nullopt;
+  if (!port) throw std::runtime_error("bad listen address \"" + text + "\": expected HOST:PORT");
+  std::string err;
+  auto addrs = net::resolve_blocking(std::string(hp->host), *port, net::Family::kAny, err);
+  if (addrs.empty()) throw std::runtime_error("cannot resolve listen address " + text + ": " + err);
+  return addrs.front();
+}
+
+net::Family family_of(int f) {
+  return f == 4 ? net::Family::kOnlyV4 : f == 6 ? net::Family::kOnlyV6 : net::Family::kAny;
+}
+
+}  // namespace
+
+Server::Server(ev::Loop* loop, const Config& cfg)
+    : loop_(loop), cfg_(cfg), deferred_(loop), start_time_(ev_now(loop)) {
+  resolver_ = std::make_unique<net::Resolver>(
+      loop, net::ResolverOptions{family_of(cfg.family), cfg.nameserver, std::min(cfg.timeout, 10.0)});
+  dial_.timeout = cfg.timeout;
+  dial_.netdev = cfg.netdev;
+  dial_.sndbuf = cfg.tcp_sndbuf;
+  dial_.rcvbuf = cfg.tcp_rcvbuf;
+  dial_.nodelay = cfg.tcp_nodelay;
+  dial_.keepalive = cfg.tcp_keepalive;
+  relay_.use_splice = cfg.pipe;
+  relay_.bidir_timeout = cfg.bidir_timeout;
+  relay_.idle_timeout = cfg.bidir_timeout ? cfg.timeout : 0;
+  frontend_.auth_required = cfg.auth_required;
+  frontend_.want_credentials = cfg.auth_required || !cfg.ruleset.empty();
+
+  if (!cfg.proxy.empty()) {
+    auto list = proto::parse_proxy_list(cfg.proxy);
+    if (!list.ok()) throw std::runtime_error("-x " + cfg.proxy + ": " + list.error);
+    chain_ = std::move(list.proxies);
+  }
+  if (!cfg.forward.empty()) {
+    forward_ = proto::parse_address(cfg.forward);
+    if (!forward_) throw std::runtime_error("bad forward address \"" + cfg.forward + "\"");
+  }
+  if (!cfg.api.empty()) protected_.push_back(parse_listen(cfg.api));
+
+  auto add = [&](const std::string& text, ListenerKind kind) {
+    listeners_.push_back(std::make_unique<Listener>(*this, parse_listen(text), kind, cfg.reuseport));
+    log::notice("listening on {} ({})", listeners_.back()->address().to_string(),
+                kind == ListenerKind::kHttp ? "HTTP CONNECT"
+                : kind == ListenerKind::kForward ? "forward to " + cfg.forward
+                                                 : "SOCKS4/4A/5");
+  };
+  for (const auto& l : cfg.listen)
+    add(l, forward_ ? ListenerKind::kForward
+           : cfg.http_all ? ListenerKind::kHttp
+                          : ListenerKind::kSocks);
+  for (const auto& l : cfg.http_listen) add(l, ListenerKind::kHttp);
+  for (auto& l : listeners_) l->start();
+}
+
+Server::~Server() {
+  shutdown();
+  sessions_.clear();
+  deferred_.drain();
+}
+
+void Server::shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& l : listeners_) l->stop();
+  // close() only queues the removal; drain runs it.
+  for (auto& s : sessions_) s->close();
+  deferred_.drain();
+}
+
+bool Server::admit() {
+  if (stopping_) return false;
+  if (cfg_.max_sessions > 0 && stats_.sessions >= cfg_.max_sessions) return false;
+  const auto& m = cfg_.max_startups;
+  if (!m.enabled() || stats_.halfopen < m.start) return true;
+  if (stats_.halfopen >= m.full) return false;
+  // Drop with probability rising linearly from rate% at start to 100% at full.
+  static std::minstd_rand rng{std::random_device{}()};
+  const double p = m.rate + (100.0 - m.rate) * (stats_.halfopen - m.start) / (m.full - m.start);
+  return std::uniform_real_distribution<double>(0, 100)(rng) >= p;
+}
+
+void Server::add_session(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind) {
+  net::tune_socket(fd.get(), dial_);
+  sessions_.push_back(std::make_unique<Session>(*this, std::move(fd), peer, kind));
+  sessions_.back()->start(std::prev(sessions_.end()));
+}
+
+void Server::remove_session(std::list<std::unique_ptr<Session>>::iterator it) {
+  deferred_.post([this, it] { sessions_.erase(it); });
+}
+
+}  // namespace rs::server

@@ -1,0 +1,89 @@
+// The proxy server: listeners, sessions and what they share. Owns everything
+// it creates; lives for the whole run on the loop's thread.
+#pragma once
+
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "core/loop.hpp"
+#include "net/dialer.hpp"
+#include "net/relay.hpp"
+#include "net/resolver.hpp"
+#include "net/sockaddr.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
+#include "server/frontend.hpp"
+#include "server/stats.hpp"
+
+namespace rs::ruleset {
+class Engine;
+}
+
+namespace rs::server {
+
+class Listener;
+class Session;
+
+enum class ListenerKind { kSocks, kHttp, kForward };
+
+class Server {
+ public:
+  // Validates the configuration and binds every listener; throws
+  // std::runtime_error with a message naming the problem.
+  Server(ev::Loop* loop, const Config& cfg);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Stops accepting and closes every session (SIGINT/SIGTERM).
+  void shutdown();
+
+  // Takes ownership of an accepted client socket.
+  void add_session(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // Called by a session that has finished; destruction happens later, from
+  // the loop, never inside the session's own callback.
+  void remove_session(std::list<std::unique_ptr<Session>>::iterator it);
+  // Whether a new half-open connection may be accepted now (--max-sessions,
+  // --max-startups).
+  bool admit();
+
+  ev::Loop* loop() const { return loop_; }
+  const Config& config() const { return cfg_; }
+  net::Resolver& resolver() { return *resolver_; }
+  ruleset::Engine* engine() { return engine_; }
+  ev::Deferred& deferred() { return deferred_; }
+  Stats& stats() { return stats_; }
+  const net::DialOptions& dial_options() const { return dial_; }
+  const net::RelayOptions& relay_options() const { return relay_; }
+  const FrontendOptions& frontend_options() const { return frontend_; }
+  const std::vector<proto::ProxyUri>& proxy_chain() const { return chain_; }
+  const std::optional<proto::Address>& forward_target() const { return forward_; }
+  // Addresses the proxy must not dial on a client's behalf unless a ruleset
+  // says so: the API's own listeners.
+  const std::vector<net::SockAddr>& protected_addresses() const { return protected_; }
+  double start_time() const { return start_time_; }
+
+ private:
+  ev::Loop* loop_;
+  const Config& cfg_;
+  ev::Deferred deferred_;
+  std::unique_ptr<net::Resolver> resolver_;
+  ruleset::Engine* engine_ = nullptr;  // TODO(issue 4): owned engine
+  net::DialOptions dial_;
+  net::RelayOptions relay_;
+  FrontendOptions frontend_;
+  std::vector<proto::ProxyUri> chain_;
+  std::optional<proto::Address> forward_;
+  std::vector<net::SockAddr> protected_;
+  Stats stats_;
+  double start_time_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::list<std::unique_ptr<Session>> sessions_;
+  bool stopping_ = false;
+};
+
+}  // namespace rs::server

@@ -1,0 +1,235 @@
+#include "server/session.hpp"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/log.hpp"
+#include "server/server.hpp"
+
+namespace rs::server {
+namespace {
+constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
+constexpr double kLinger = 2.0;  // seconds to let a client read an error reply
+}  // namespace
+
+Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind)
+    : server_(server),
+      client_(std::move(fd)),
+      peer_(peer),
+      kind_(kind),
+      io_(server.loop(), [this](int) { on_readable(); }),
+      timer_(server.loop(), [this](int) { on_timeout(); }) {
+  ++server_.stats().sessions;
+  ++server_.stats().halfopen;
+}
+
+Session::~Session() {
+  if (state_ != State::kClosed) teardown();
+  --server_.stats().sessions;
+}
+
+void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
+  self_ = self;
+  timer_.start(server_.config().timeout);
+  if (kind_ == ListenerKind::kForward) {
+    // Port forwarding has no handshake: the request is the forward target.
+    request_.target = *server_.forward_target();
+    target_text_ = request_.target.to_string();
+    ++server_.stats().requests;
+    dial(request_.target, server_.proxy_chain(), false);
+    return;
+  }
+  if (kind_ == ListenerKind::kHttp) frontend_ = make_http_frontend(server_.frontend_options());
+  io_.set(client_.get(), EV_READ);
+  io_.start();
+}
+
+void Session::on_readable() {
+  char buf[4096];
+  ssize_t n = recv(client_.get(), buf, sizeof buf, 0);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EINTR) return;
+    log::debug("{}: recv: {}", peer_.to_string(), std::strerror(errno));
+    close();
+    return;
+  }
+  if (n == 0) {
+    // A client that leaves before the reply cancels everything in flight.
+    if (state_ != State::kLingering && state_ != State::kHandshake)
+      log::info("{}: client closed while {} {}", peer_.to_string(),
+                state_ == State::kRouting ? "routing" : "dialing", target_text_);
+    close();
+    return;
+  }
+  if (state_ == State::kLingering) return;  // discard: we only wait for EOF
+  in_.append(buf, static_cast<size_t>(n));
+  if (state_ != State::kHandshake) {
+    // Early data sent before our reply: keep it for the upstream, bounded.
+    if (in_.size() >= kMaxHandshake) io_.stop();
+    return;
+  }
+  if (!frontend_) {
+    frontend_ = sniff_frontend(static_cast<uint8_t>(in_[0]), server_.frontend_options());
+    if (!frontend_) {
+      ++server_.stats().bad_requests;
+      log::info("{}: unknown protocol (first byte 0x{:02X})", peer_.to_string(),
+                static_cast<uint8_t>(in_[0]));
+      close();
+      return;
+    }
+  }
+  // One read may hold several handshake messages (pipelined SOCKS5).
+  while (state_ == State::kHandshake) {
+    Step step = frontend_->feed(
+        {reinterpret_cast<const uint8_t*>(in_.data()), in_.size()});
+    if (step.status == Step::kNeedMore) {
+      if (in_.size() >= kMaxHandshake) {
+        fail({}, "handshake too long");
+        ++server_.stats().bad_requests;
+      }
+      return;
+    }
+    in_.erase(0, step.consumed);
+    handle(std::move(step));
+    if (in_.empty()) return;
+  }
+}
+
+void Session::handle(Step step) {
+  switch (step.status) {
+    case Step::kNeedMore:
+      return;
+    case Step::kReply:
+      if (!send_all(step.out)) close();
+      return;
+    case Step::kFail:
+      ++server_.stats().bad_requests;
+      fail(std::move(step.out), step.error);
+      return;
+    case Step::kRequest:
+      request_ = std::move(step.request);
+      target_text_ = request_.target.to_string();
+      ++server_.stats().requests;
+      route();
+      return;
+  }
+}
+
+void Session::route() {
+  // TODO(issue 4): ruleset decision.
+  dial(request_.target, server_.proxy_chain(), false);
+}
+
+void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool by_ruleset) {
+  state_ = State::kDialing;
+  log::debug("{}: dialing {}", peer_.to_string(), target.to_string());
+  dialer_ = std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(),
+                                          server_.dial_options());
+  // The API runs arbitrary Lua: never let a client reach it through the proxy
+  // unless a ruleset routes it there on purpose.
+  const auto* deny = by_ruleset ? nullptr : &server_.protected_addresses();
+  dialer_->start(std::move(target), std::move(chain), deny,
+                 [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                   on_dialed(std::move(fd), err, msg);
+                 });
+}
+
+void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg) {
+  server_.deferred().dispose(std::move(dialer_));
+  if (err != net::DialError::kOk) {
+    ++server_.stats().dial_failed;
+    reject(err, msg);
+    return;
+  }
+  if (frontend_ && !send_all(frontend_->reply(net::DialError::kOk))) {
+    close();
+    return;
+  }
+  ++server_.stats().success;
+  log::info("{}: {} -> {}", peer_.to_string(), frontend_ ? frontend_->name() : "forward",
+            target_text_);
+  leave_halfopen();
+  timer_.stop();
+  io_.stop();
+  state_ = State::kRelaying;
+  relay_ = std::make_unique<net::Relay>(
+      server_.loop(), std::move(client_), std::move(upstream), server_.relay_options(),
+      [this](const net::RelayStats& st, std::string_view reason) {
+        server_.stats().bytes_up += st.up;
+        server_.stats().bytes_down += st.down;
+        log::verbose("{}: closed {} (up {} down {}): {}", peer_.to_string(), target_text_, st.up,
+                     st.down, reason);
+        close();
+      });
+  relay_->start(in_);
+  in_.clear();
+  in_.shrink_to_fit();
+}
+
+void Session::reject(net::DialError err, const std::string& why) {
+  if (err == net::DialError::kNotAllowed) ++server_.stats().rejected;
+  log::info("{}: {} {}: {}", peer_.to_string(), frontend_ ? frontend_->name() : "forward",
+            target_text_, why);
+  fail(frontend_ ? frontend_->reply(err) : std::string(), why);
+}
+
+void Session::fail(std::string reply, const std::string& why) {
+  if (!why.empty()) log::debug("{}: closing: {}", peer_.to_string(), why);
+  if (reply.empty() || !send_all(reply)) {
+    close();
+    return;
+  }
+  // Half-close and wait for the client to go, so that the reply is not lost
+  // to a reset caused by unread input.
+  shutdown(client_.get(), SHUT_WR);
+  leave_halfopen();
+  state_ = State::kLingering;
+  io_.set(client_.get(), EV_READ);
+  io_.start();
+  timer_.start(kLinger);
+}
+
+bool Session::send_all(std::string_view bytes) {
+  // Handshake replies are tiny and the socket's send buffer is empty at this
+  // point, so a short write means the client is gone or misbehaving.
+  ssize_t n = send(client_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  return n == static_cast<ssize_t>(bytes.size());
+}
+
+void Session::on_timeout() {
+  if (state_ != State::kLingering) {
+    ++server_.stats().bad_requests;
+    log::info("{}: handshake timed out ({})", peer_.to_string(),
+              target_text_.empty() ? "no request" : target_text_);
+  }
+  close();
+}
+
+void Session::leave_halfopen() {
+  if (halfopen_) {
+    halfopen_ = false;
+    --server_.stats().halfopen;
+  }
+}
+
+void Session::close() {
+  if (state_ == State::kClosed) return;
+  teardown();
+  server_.remove_session(self_);
+}
+
+void Session::teardown() {
+  state_ = State::kClosed;
+  leave_halfopen();
+  io_.stop();
+  timer_.stop();
+  // Whatever is still running may be inside its own callback: dispose later.
+  server_.deferred().dispose(std::move(routing_));
+  server_.deferred().dispose(std::move(dialer_));
+  server_.deferred().dispose(std::move(relay_));
+  client_.reset();
+}
+
+}  // namespace rs::server

@@ -1,0 +1,69 @@
+// One client connection, from accept to close:
+//   handshake (Frontend) -> routing (ruleset) -> dialing (Dialer) -> relaying (Relay)
+// States only move forward; close() knows what each state holds.
+#pragma once
+
+#include <list>
+#include <memory>
+#include <string>
+
+#include "core/cancellable.hpp"
+#include "core/fd.hpp"
+#include "core/loop.hpp"
+#include "net/dialer.hpp"
+#include "net/relay.hpp"
+#include "net/sockaddr.hpp"
+#include "server/frontend.hpp"
+
+namespace rs::server {
+
+class Server;
+enum class ListenerKind;
+
+class Session {
+ public:
+  // Takes ownership of the accepted socket `fd`.
+  Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void start(std::list<std::unique_ptr<Session>>::iterator self);
+  // Ends the session now (server shutdown). Idempotent.
+  void close();
+
+ private:
+  enum class State { kHandshake, kRouting, kDialing, kRelaying, kLingering, kClosed };
+
+  void on_readable();
+  void on_timeout();
+  void handle(Step step);
+  void route();
+  void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool by_ruleset);
+  void on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg);
+  void reject(net::DialError err, const std::string& why);
+  // Sends `reply`, then closes the session after the client has read it.
+  void fail(std::string reply, const std::string& why);
+  bool send_all(std::string_view bytes);
+  void leave_halfopen();
+  void teardown();
+
+  Server& server_;
+  UniqueFd client_;
+  net::SockAddr peer_;
+  ListenerKind kind_;
+  State state_ = State::kHandshake;
+  bool halfopen_ = true;
+  ev::Io io_;
+  ev::Timer timer_;
+  std::string in_;  // received, not yet consumed
+  std::unique_ptr<Frontend> frontend_;
+  ClientRequest request_;
+  std::string target_text_;  // for logs: what the client asked for
+  std::unique_ptr<Cancellable> routing_;
+  std::unique_ptr<net::Dialer> dialer_;
+  std::unique_ptr<net::Relay> relay_;
+  std::list<std::unique_ptr<Session>>::iterator self_;
+};
+
+}  // namespace rs::server
