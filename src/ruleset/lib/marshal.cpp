@@ -1,6 +1,7 @@
 // marshal(...) -> the arguments as Lua source, separated by commas. load("return " .. s)()
 // gives back equal values: integers stay integers, floats are exact, strings may hold any bytes
-// and tables nest. This is also the RPC wire format, so it is built in one linear pass.
+// and tables nest. This is also the RPC wire format, so it is built in one linear pass with no
+// per-table allocations.
 #include <algorithm>
 #include <charconv>
 #include <climits>
@@ -16,28 +17,9 @@ namespace {
 
 static_assert(sizeof(lua_Integer) == 8, "the spelling of math.mininteger below assumes 64 bits");
 
-constexpr int kMaxDepth = 200;
-
-// Growable output. It lives in a userdata whose __gc frees it, so a Lua error while marshalling
-// cannot leak it; the memory comes from the state's allocator, so the host's limits apply.
-struct Buffer {
-  char* data;
-  size_t len;
-  size_t cap;
-  lua_Alloc alloc;
-  void* ud;
-};
-
-void release(Buffer* b) {
-  if (b->data != nullptr) b->alloc(b->ud, b->data, b->cap, 0);
-  b->data = nullptr;
-  b->len = b->cap = 0;
-}
-
-int buffer_gc(lua_State* L) {
-  release(static_cast<Buffer*>(lua_touserdata(L, 1)));
-  return 0;
-}
+// Lua's parser gives up at about 196 nested table constructors (LUAI_MAXCCALLS, shared with the
+// C calls already on the stack where load() runs), so deeper output could not be read back.
+constexpr int kMaxDepth = 128;
 
 // A key of a table's hash part, reduced to what sorting needs. The order is fixed so that equal
 // tables always marshal to the same text: booleans, integers, floats, strings (bytewise), then
@@ -46,11 +28,11 @@ enum Rank { kBoolean, kInteger, kFloat, kString, kOther };
 
 struct Key {
   Rank rank;
-  lua_Integer i;   // kBoolean (0 or 1), kInteger
-  lua_Number n;    // kFloat
-  const char* s;   // kString, anchored by the scratch table that holds the key
-  size_t len;      // kString
-  lua_Integer slot;  // index in that scratch table
+  lua_Integer i;     // kBoolean (0 or 1), kInteger
+  lua_Number n;      // kFloat
+  const char* s;     // kString; the scratch table keeps the string alive
+  size_t len;        // kString
+  lua_Integer slot;  // where the key itself sits in the scratch table
 };
 
 bool operator<(const Key& a, const Key& b) {
@@ -68,6 +50,32 @@ bool operator<(const Key& a, const Key& b) {
     default:
       return a.slot < b.slot;
   }
+}
+
+// The C memory of one call: the output and a stack of keys being sorted. It lives in a userdata
+// whose __gc frees it, so a Lua error while marshalling cannot leak it, and it comes from the
+// state's allocator, so the host's memory limits apply.
+struct Scratch {
+  lua_Alloc alloc;
+  void* ud;
+  char* out;
+  size_t len;
+  size_t cap;
+  Key* keys;
+  size_t keys_cap;
+};
+
+void release(Scratch* s) {
+  if (s->out != nullptr) s->alloc(s->ud, s->out, s->cap, 0);
+  if (s->keys != nullptr) s->alloc(s->ud, s->keys, s->keys_cap * sizeof(Key), 0);
+  s->out = nullptr;
+  s->keys = nullptr;
+  s->len = s->cap = s->keys_cap = 0;
+}
+
+int scratch_gc(lua_State* L) {
+  release(static_cast<Scratch*>(lua_touserdata(L, 1)));
+  return 0;
 }
 
 // Escapes for the bytes that cannot appear as they are between double quotes; 0 means the byte
@@ -88,9 +96,9 @@ constexpr auto kEscape = [] {
 // Trivially destructible on purpose: every method may raise a Lua error.
 class Marshaller {
  public:
-  Marshaller(lua_State* L, Buffer* buf) : L_(L), buf_(buf) {
-    lua_newtable(L);  // the tables on the current path, for cycle detection
-    visiting_ = lua_gettop(L);
+  Marshaller(lua_State* L, Scratch* s) : L_(L), s_(s) {
+    lua_newtable(L);  // keys of the hash parts being written: keys_[1..used_]
+    keys_ = lua_gettop(L);
   }
 
   void value(int idx) {
@@ -116,30 +124,32 @@ class Marshaller {
 
   void put(char c) {
     *reserve(1) = c;
-    ++buf_->len;
+    ++s_->len;
   }
   void put(const char* s) {
     const size_t n = std::strlen(s);
     std::memcpy(reserve(n), s, n);
-    buf_->len += n;
+    s_->len += n;
   }
 
  private:
-  char* reserve(size_t n) {
-    if (buf_->cap - buf_->len < n) grow(n);
-    return buf_->data + buf_->len;
+  // Grows a block from the state's allocator to hold at least `need` elements, doubling.
+  template <class T>
+  void grow(T*& data, size_t& cap, size_t need) {
+    size_t n = std::max<size_t>(cap, 256 / sizeof(T) + 1);
+    while (n < need) {
+      if (n > SIZE_MAX / 2 / sizeof(T)) luaL_error(L_, "marshal: output too large");
+      n *= 2;
+    }
+    void* p = s_->alloc(s_->ud, data, cap * sizeof(T), n * sizeof(T));
+    if (p == nullptr) luaL_error(L_, "marshal: out of memory");
+    data = static_cast<T*>(p);
+    cap = n;
   }
 
-  void grow(size_t n) {
-    size_t cap = std::max<size_t>(buf_->cap, 256);
-    while (cap - buf_->len < n) {
-      if (cap > SIZE_MAX / 2) luaL_error(L_, "marshal: output too large");
-      cap *= 2;
-    }
-    void* data = buf_->alloc(buf_->ud, buf_->data, buf_->cap, cap);
-    if (data == nullptr) luaL_error(L_, "marshal: out of memory");
-    buf_->data = static_cast<char*>(data);
-    buf_->cap = cap;
+  char* reserve(size_t n) {
+    if (s_->cap - s_->len < n) grow(s_->out, s_->cap, s_->len + n);
+    return s_->out + s_->len;
   }
 
   void integer(lua_Integer i) {
@@ -147,7 +157,7 @@ class Marshaller {
     // for an integer); a hexadecimal numeral wraps around to the integer itself.
     if (i == LUA_MININTEGER) return put("0x8000000000000000");
     char* out = reserve(24);
-    buf_->len += std::to_chars(out, out + 24, i).ptr - out;
+    s_->len += std::to_chars(out, out + 24, i).ptr - out;
   }
 
   void number(lua_Number x) {
@@ -162,7 +172,7 @@ class Marshaller {
       *end++ = '.';
       *end++ = '0';
     }
-    buf_->len += end - out;
+    s_->len += end - out;
   }
 
   void string(const char* s, size_t len) {
@@ -189,20 +199,16 @@ class Marshaller {
           *p++ = "0123456789abcdef"[byte & 15];
         }
       }
-      buf_->len += p - out;
+      s_->len += p - out;
       done += n;
     }
     put('"');
   }
 
   void table(int idx) {
-    if (depth_ >= kMaxDepth) luaL_error(L_, "marshal: nesting deeper than %d", kMaxDepth);
-    luaL_checkstack(L_, 8, "marshal: nesting too deep");
-    lua_pushvalue(L_, idx);
-    if (lua_rawget(L_, visiting_) != LUA_TNIL) luaL_error(L_, "marshal: circular reference");
-    lua_pop(L_, 1);
-    mark(idx, true);
-    ++depth_;
+    if (depth_ == kMaxDepth) too_deep();
+    luaL_checkstack(L_, 4, "marshal");
+    path_[depth_++] = idx;
     put('{');
     // The sequence 1..n as a plain list, then everything else as [k]=v.
     lua_Integer n = 0;
@@ -216,25 +222,25 @@ class Marshaller {
     hash_part(idx, n);
     put('}');
     --depth_;
-    // Only the current path counts: a table met again elsewhere is simply written again.
-    mark(idx, false);
   }
 
-  void mark(int idx, bool on_path) {
-    lua_pushvalue(L_, idx);
-    if (on_path) {
-      lua_pushboolean(L_, 1);
-    } else {
-      lua_pushnil(L_);
+  // A cycle always ends up here, so cycles cost nothing to detect until then: the tables on the
+  // current path are all still on the stack. A table met again on another path is not a cycle
+  // and is simply written again.
+  [[noreturn]] void too_deep() {
+    for (int i = 0; i < depth_; ++i) {
+      for (int j = i + 1; j < depth_; ++j) {
+        if (lua_rawequal(L_, path_[i], path_[j])) luaL_error(L_, "marshal: circular reference");
+      }
     }
-    lua_rawset(L_, visiting_);
+    luaL_error(L_, "marshal: nesting deeper than %d", kMaxDepth);
+    __builtin_unreachable();
   }
 
-  // Writes the pairs of t[idx] whose keys are not in 1..n, sorted by key.
+  // Writes the pairs of t[idx] whose keys are not in 1..n, sorted by key. Nested calls stack
+  // their keys above ours in keys_ and s_->keys.
   void hash_part(int idx, lua_Integer n) {
-    lua_newtable(L_);
-    const int keys = lua_gettop(L_);
-    lua_Integer count = 0;
+    const size_t base = used_;
     lua_pushnil(L_);
     while (lua_next(L_, idx) != 0) {
       lua_pop(L_, 1);
@@ -242,32 +248,28 @@ class Marshaller {
         const lua_Integer k = lua_tointeger(L_, -1);
         if (k >= 1 && k <= n) continue;
       }
+      if (used_ == s_->keys_cap) grow(s_->keys, s_->keys_cap, used_ + 1);
       lua_pushvalue(L_, -1);
-      lua_rawseti(L_, keys, ++count);
+      lua_rawseti(L_, keys_, static_cast<lua_Integer>(++used_));
+      s_->keys[used_ - 1] = make_key(static_cast<lua_Integer>(used_));
     }
-    if (count == 0) return lua_pop(L_, 1);
-    auto* sorted =
-        static_cast<Key*>(lua_newuserdatauv(L_, static_cast<size_t>(count) * sizeof(Key), 0));
-    for (lua_Integer i = 1; i <= count; ++i) {
-      lua_rawgeti(L_, keys, i);
-      sorted[i - 1] = make_key(i);
-      lua_pop(L_, 1);
-    }
-    std::sort(sorted, sorted + count);
-    for (lua_Integer i = 0; i < count; ++i) {
-      if (n > 0 || i > 0) put(',');
+    const size_t end = used_;
+    std::sort(s_->keys + base, s_->keys + end);
+    for (size_t i = base; i < end; ++i) {
+      if (n > 0 || i > base) put(',');
       put('[');
-      lua_rawgeti(L_, keys, sorted[i].slot);
+      // s_->keys is indexed afresh each time: writing a value may move it.
+      lua_rawgeti(L_, keys_, s_->keys[i].slot);
       value(lua_gettop(L_));
       put("]=");
       lua_rawget(L_, idx);
       value(lua_gettop(L_));
       lua_pop(L_, 1);
     }
-    lua_pop(L_, 2);
+    used_ = base;
   }
 
-  // Describes the key on top of the stack, found at keys[slot].
+  // Describes the key on top of the stack.
   Key make_key(lua_Integer slot) {
     Key k{kOther, 0, 0, nullptr, 0, slot};
     switch (lua_type(L_, -1)) {
@@ -295,34 +297,36 @@ class Marshaller {
   }
 
   lua_State* L_;
-  Buffer* buf_;
-  int visiting_ = 0;
+  Scratch* s_;
+  int keys_ = 0;
+  size_t used_ = 0;
   int depth_ = 0;
+  int path_[kMaxDepth] = {};  // stack indexes of the tables being written, outermost first
 };
 
 int marshal(lua_State* L) {
   const int nargs = lua_gettop(L);
-  auto* buf = static_cast<Buffer*>(lua_newuserdatauv(L, sizeof(Buffer), 0));
-  *buf = Buffer{nullptr, 0, 0, nullptr, nullptr};
-  buf->alloc = lua_getallocf(L, &buf->ud);
+  auto* s = static_cast<Scratch*>(lua_newuserdatauv(L, sizeof(Scratch), 0));
+  *s = Scratch{};
+  s->alloc = lua_getallocf(L, &s->ud);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setmetatable(L, -2);
-  Marshaller m(L, buf);
+  Marshaller m(L, s);
   for (int i = 1; i <= nargs; ++i) {
     if (i > 1) m.put(',');
     m.value(i);
   }
-  lua_pushlstring(L, buf->data, buf->len);
-  release(buf);  // now rather than at the next collection
+  lua_pushlstring(L, s->out, s->len);
+  release(s);  // now rather than at the next collection
   return 1;
 }
 
 }  // namespace
 
 int luaopen_rs_marshal(lua_State* L) {
-  // The buffer's metatable, kept as an upvalue so that each call needs no registry lookup.
+  // The scratch metatable, kept as an upvalue so that each call needs no registry lookup.
   lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, buffer_gc);
+  lua_pushcfunction(L, scratch_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushcclosure(L, guarded<marshal>, 1);
   return 1;

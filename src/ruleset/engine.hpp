@@ -1,0 +1,130 @@
+// The Lua ruleset host: one lua_State running a neosocksd-compatible ruleset on
+// the loop thread.
+//
+// Ownership: the Engine owns the lua_State and everything Lua can reach
+// (routines, pending await.* operations, the tick timer). It borrows the loop,
+// the resolver and the Host, which must outlive it. Handles returned by route()
+// and rpcall() may outlive the Engine; destroying them then does nothing.
+//
+// Every callback the Engine makes (route, rpcall) runs later from the loop,
+// never inside the call that asked for it. Ruleset failures (errors, bad return
+// values, --memlimit, the instruction limit) fail that one request, are logged,
+// and leave the Engine working.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/cancellable.hpp"
+#include "core/loop.hpp"
+#include "net/resolver.hpp"
+
+struct lua_State;
+
+namespace rs::ruleset {
+
+namespace detail {
+class Runtime;
+}
+
+// One proxy request, as the ruleset callbacks see it.
+struct Request {
+  enum class Kind { kResolve, kRoute, kRoute6 } kind = Kind::kResolve;
+  std::string addr;  // "example.org:80", "1.2.3.4:80", "[::1]:80"
+  std::optional<std::string> username, password;
+};
+
+// Where to send it: `addr` through `chain`.
+struct Decision {
+  std::string addr;
+  // Proxy URIs in dial order, first hop first: the reverse of Lua's
+  // `return addr, proxyN, ..., proxy1`.
+  std::vector<std::string> chain;
+};
+
+// Server state that Lua may see, implemented by the server so that the ruleset
+// module does not depend on it. Every method runs on the loop thread.
+struct Host {
+  virtual ~Host() = default;
+  // Called once when the VM opens, after the libraries: may add globals.
+  virtual void on_open(lua_State* /*L*/) {}
+  // Push exactly one table for neosocksd.config() / neosocksd.stats(). They run
+  // inside a lua_CFunction: they may raise Lua errors only while no C++ object
+  // with a destructor is alive in their frames; exceptions are caught.
+  virtual void push_config(lua_State* L) = 0;
+  virtual void push_stats(lua_State* L) = 0;
+  // RPC client for await.invoke / neosocksd.invoke: POST `code` to `addr`
+  // through `chain` (dial order), then cb(true, reply body) or cb(false, error).
+  // Destroying the handle cancels (no callback after that). Returns nullptr when
+  // RPC is unavailable. Runs inside Lua: it must not call back into the Engine
+  // synchronously.
+  virtual std::unique_ptr<Cancellable> invoke(
+      std::string code, std::string addr, std::vector<std::string> chain,
+      std::function<void(bool ok, std::string body_or_error)> cb) = 0;
+};
+
+struct EngineOptions {
+  size_t memlimit_bytes = 0;  // 0: unlimited
+  bool traceback = false;     // append a Lua traceback to ruleset errors
+  // Lua VM instructions one resume may run (count hook); 0: unlimited.
+  uint64_t instruction_limit = 100'000'000;
+  std::vector<std::string> lua_path_dirs;  // prepended to package.path
+  // For the blocking neosocksd.resolve (await.resolve uses the Resolver's own).
+  net::Family resolve_family = net::Family::kAny;
+};
+
+class Engine {
+ public:
+  // `resolver` and `host` may be null: await.resolve then blocks like
+  // neosocksd.resolve, and RPC raises "not available". Throws on failure to
+  // create the VM.
+  Engine(ev::Loop* loop, net::Resolver* resolver, Host* host, EngineOptions opts);
+  // Cancels every routine and pending await without calling back, closes the VM.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Loads FILE (or gzip-compressed FILE, detected by its magic) as the ruleset;
+  // the file's directory is prepended to package.path.
+  bool load_file(const std::string& path, std::string* err);
+  // Replaces the ruleset with the table the chunk returns, else _G.ruleset. On
+  // any error the previous ruleset stays.
+  bool update(std::string_view chunk, std::string_view chunkname, std::string* err);
+  // Replaces package.loaded[name] with what the chunk returns (true for nil), and
+  // _G[name] too if it referred to the old module.
+  bool update_module(std::string_view name, std::string_view chunk, std::string_view chunkname,
+                     std::string* err);
+  // /ruleset/invoke: runs the chunk as an asynchronous routine. Errors up to its
+  // first yield are returned; later ones are logged.
+  bool invoke(std::string_view chunk, std::string* err);
+  // /ruleset/rpcall: runs the chunk as an asynchronous routine in an environment
+  // whose __index is _G; cb gets the reply body `return <marshal(ok, ...)>`.
+  std::unique_ptr<Cancellable> rpcall(std::string_view chunk, std::function<void(std::string)> cb);
+
+  // Asks ruleset.resolve / route / route6 (addr, username, password) in a
+  // routine. `error` says why a request was rejected, for the logs. Destroying
+  // the handle cancels the routine and everything it awaits.
+  using RouteCallback = std::function<void(std::optional<Decision> d, std::string error)>;
+  [[nodiscard]] std::unique_ptr<Cancellable> route(Request req, RouteCallback cb);
+
+  size_t gc();  // full collection; returns the bytes freed
+  // ruleset.stats(dt, q), or "" when absent or failing.
+  std::string stats(double dt, std::string_view q);
+
+  size_t memory_bytes() const;
+  size_t routines_alive() const;        // routines started and not yet ended
+  size_t coroutine_pool_size() const;   // idle threads kept for reuse
+  size_t pending_awaits() const;        // await.* operations in flight
+  bool has_ruleset() const;
+
+ private:
+  std::shared_ptr<detail::Runtime> rt_;
+};
+
+}  // namespace rs::ruleset

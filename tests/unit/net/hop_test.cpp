@@ -1,0 +1,156 @@
+// The client side of each proxy scheme, driven by canned server replies.
+#include "net/hop.hpp"
+
+#include <gtest/gtest.h>
+
+#include "proto/http.hpp"
+#include "proto/parse.hpp"
+#include "proto/socks4.hpp"
+#include "proto/socks5.hpp"
+
+namespace rs::net {
+namespace {
+
+using Step = HopHandshake::Step;
+
+std::string str(std::initializer_list<int> bytes) {
+  std::string s;
+  for (int b : bytes) s.push_back(static_cast<char>(b));
+  return s;
+}
+
+proto::ProxyUri uri(const char* text) {
+  auto r = proto::parse_proxy_uri(text);
+  EXPECT_TRUE(r.ok()) << r.error;
+  return r.uri;
+}
+
+proto::Address target(const char* text) { return *proto::parse_address(text); }
+
+// Feeds `reply` one byte at a time; the hop must keep asking for more until
+// the last byte, and never consume bytes past its reply.
+Step feed_bytewise(HopHandshake& hs, const std::string& reply, const std::string& extra = {}) {
+  for (size_t k = 1; k <= reply.size(); ++k) {
+    std::string in = reply.substr(0, k) + (k == reply.size() ? extra : "");
+    Step s = hs.feed(proto::to_bytes(in));
+    if (k < reply.size()) {
+      EXPECT_EQ(s.status, Step::kNeedMore) << "prefix " << k;
+      continue;
+    }
+    if (s.status != Step::kError) EXPECT_EQ(s.consumed, reply.size());
+    return s;
+  }
+  return {};
+}
+
+TEST(HopHandshake, Socks4aDomain) {
+  HopHandshake hs(uri("socks4a://127.0.0.1:1080"), target("example.org:80"));
+  auto req = proto::parse_socks4_request(proto::to_bytes(hs.start()));
+  ASSERT_TRUE(req.done());
+  EXPECT_TRUE(req.value.is_4a);
+  EXPECT_EQ(req.value.target.to_string(), "example.org:80");
+  EXPECT_EQ(feed_bytewise(hs, str({0, 0x5A, 0, 0, 0, 0, 0, 0}), "payload").status, Step::kDone);
+}
+
+TEST(HopHandshake, Socks4Rejected) {
+  HopHandshake hs(uri("socks4a://127.0.0.1:1080"), target("10.0.0.1:80"));
+  auto req = proto::parse_socks4_request(proto::to_bytes(hs.start()));
+  ASSERT_TRUE(req.done());
+  EXPECT_FALSE(req.value.is_4a);
+  Step s = feed_bytewise(hs, str({0, 0x5B, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(s.status, Step::kError);
+  EXPECT_EQ(s.error, DialError::kNotAllowed);
+}
+
+TEST(HopHandshake, Socks5NoAuth) {
+  HopHandshake hs(uri("socks5://127.0.0.1:1080"), target("[::1]:443"));
+  EXPECT_EQ(hs.start(), str({5, 1, 0}));
+  Step s = feed_bytewise(hs, str({5, 0}));
+  ASSERT_EQ(s.status, Step::kSend);
+  auto req = proto::parse_socks5_request(proto::to_bytes(s.out));
+  ASSERT_TRUE(req.done());
+  EXPECT_EQ(req.value.target.to_string(), "[::1]:443");
+  s = feed_bytewise(hs, proto::socks5_reply(0, target("10.1.2.3:4567")), "data");
+  EXPECT_EQ(s.status, Step::kDone);
+}
+
+TEST(HopHandshake, Socks5Password) {
+  HopHandshake hs(uri("socks5://alice:s%3Acret@127.0.0.1:1080"), target("example.org:80"));
+  EXPECT_EQ(hs.start(), str({5, 2, 0, 2}));
+  Step s = feed_bytewise(hs, str({5, 2}));
+  ASSERT_EQ(s.status, Step::kSend);
+  auto auth = proto::parse_socks5_auth(proto::to_bytes(s.out));
+  ASSERT_TRUE(auth.done());
+  EXPECT_EQ(auth.value.username, "alice");
+  EXPECT_EQ(auth.value.password, "s:cret");
+  s = feed_bytewise(hs, str({1, 0}));
+  ASSERT_EQ(s.status, Step::kSend);
+  EXPECT_EQ(feed_bytewise(hs, proto::socks5_reply(0, target("0.0.0.0:0"))).status, Step::kDone);
+}
+
+TEST(HopHandshake, Socks5WrongPassword) {
+  HopHandshake hs(uri("socks5://alice:bad@127.0.0.1:1080"), target("example.org:80"));
+  hs.start();
+  ASSERT_EQ(feed_bytewise(hs, str({5, 2})).status, Step::kSend);
+  Step s = feed_bytewise(hs, str({1, 1}));
+  EXPECT_EQ(s.status, Step::kError);
+  EXPECT_EQ(s.error, DialError::kNotAllowed);
+  EXPECT_NE(s.message.find("authentication failed"), std::string::npos);
+}
+
+TEST(HopHandshake, Socks5NeedsCredentialsWeDoNotHave) {
+  HopHandshake hs(uri("socks5://127.0.0.1:1080"), target("example.org:80"));
+  hs.start();
+  Step s = feed_bytewise(hs, str({5, 0xFF}));
+  EXPECT_EQ(s.status, Step::kError);
+  EXPECT_EQ(s.error, DialError::kNotAllowed);
+}
+
+TEST(HopHandshake, Socks5ErrorRepsMap) {
+  for (auto [rep, err] : {std::pair{1, DialError::kGeneral}, {2, DialError::kNotAllowed},
+                          {3, DialError::kNetUnreachable}, {4, DialError::kHostUnreachable},
+                          {5, DialError::kRefused}, {6, DialError::kTimeout}}) {
+    HopHandshake hs(uri("socks5://127.0.0.1:1080"), target("example.org:80"));
+    hs.start();
+    ASSERT_EQ(feed_bytewise(hs, str({5, 0})).status, Step::kSend);
+    Step s = feed_bytewise(hs, proto::socks5_reply(static_cast<uint8_t>(rep), target("0.0.0.0:0")));
+    EXPECT_EQ(s.status, Step::kError);
+    EXPECT_EQ(s.error, err) << rep;
+  }
+}
+
+TEST(HopHandshake, HttpConnect) {
+  HopHandshake hs(uri("http://u:p@127.0.0.1:8080"), target("example.org:443"));
+  auto req = proto::parse_http_request(proto::to_bytes(hs.start()));
+  ASSERT_TRUE(req.done());
+  EXPECT_EQ(req.value.method, "CONNECT");
+  EXPECT_EQ(req.value.target, "example.org:443");
+  auto auth = req.value.header("Proxy-Authorization");
+  ASSERT_TRUE(auth);
+  EXPECT_EQ(proto::parse_basic_auth(*auth)->first, "u");
+  Step s = feed_bytewise(hs, "HTTP/1.1 200 Connection established\r\n\r\n", "\x16\x03");
+  EXPECT_EQ(s.status, Step::kDone);
+}
+
+TEST(HopHandshake, HttpStatuses) {
+  for (auto [status, err] : {std::pair{407, DialError::kNotAllowed}, {403, DialError::kNotAllowed},
+                             {504, DialError::kTimeout}, {502, DialError::kGeneral}}) {
+    HopHandshake hs(uri("http://127.0.0.1:8080"), target("example.org:443"));
+    hs.start();
+    Step s = feed_bytewise(hs, proto::http_response(status));
+    EXPECT_EQ(s.status, Step::kError);
+    EXPECT_EQ(s.error, err) << status;
+  }
+}
+
+TEST(HopHandshake, GarbageReplies) {
+  HopHandshake a(uri("socks5://127.0.0.1:1080"), target("example.org:80"));
+  a.start();
+  EXPECT_EQ(a.feed(proto::to_bytes("HTTP/1.1 400 Bad\r\n")).status, Step::kError);
+  HopHandshake b(uri("http://127.0.0.1:1080"), target("example.org:80"));
+  b.start();
+  EXPECT_EQ(b.feed(proto::to_bytes(str({5, 0, 0, 0}) + "\r\n\r\n")).status, Step::kError);
+}
+
+}  // namespace
+}  // namespace rs::net
