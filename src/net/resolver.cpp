@@ -93,8 +93,8 @@ Resolver::Resolver(ev::Loop* loop, ResolverOptions opts)
   ares_options o{};
   o.sock_state_cb = on_sock_state;
   o.sock_state_cb_data = this;
-  // c-ares doubles the wait on the second try, so a third of the budget for
-  // the first try spends `timeout` in total on each server.
+  // Two tries per server, and c-ares doubles the wait for the second: a third
+  // of the budget, then two thirds, spend `timeout` in total on each server.
   o.timeout = std::max(1, static_cast<int>(opts.timeout * 1000 / 3));
   o.tries = 2;
   int status = ares_init_options(&channel_, &o,

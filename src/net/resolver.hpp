@@ -65,7 +65,6 @@ class Resolver {
   // c-ares callbacks (ares_socket_t is an int on POSIX).
   static void on_sock_state(void* self, int fd, int readable, int writable);
   static void on_addrinfo(void* arg, int status, int timeouts, ares_addrinfo* res);
-  void on_io(int fd, int revents);
   void process(int read_fd, int write_fd);
   void arm_timer();
   void finish_later(std::shared_ptr<Request> req);

@@ -99,6 +99,12 @@ Resolver::Callback record(Result& r) {
   };
 }
 
+ResolverOptions with_nameserver(std::string ns) {
+  ResolverOptions o;
+  o.nameserver = std::move(ns);
+  return o;
+}
+
 class ResolverTest : public ::testing::Test {
  protected:
   ~ResolverTest() override { ev_loop_destroy(loop); }
@@ -151,7 +157,9 @@ TEST_F(ResolverTest, NumericIpv6) {
 }
 
 TEST_F(ResolverTest, NumericLiteralsIgnoreFamily) {
-  Resolver r(loop, {.family = Family::kOnlyV4});
+  ResolverOptions opts;
+  opts.family = Family::kOnlyV4;
+  Resolver r(loop, opts);
   EXPECT_EQ(resolve(r, "::1").addrs, std::vector<std::string>{"[::1]:80"});
 }
 
@@ -226,7 +234,9 @@ TEST_F(ResolverTest, FamilyFiltering) {
     EXPECT_EQ(res.error, "");
     EXPECT_EQ(res.addrs, c.want);
     // The Only modes do not even ask for the other family.
-    if (c.family == Family::kOnlyV4 || c.family == Family::kOnlyV6) EXPECT_EQ(dns.received, 1);
+    if (c.family == Family::kOnlyV4 || c.family == Family::kOnlyV6) {
+      EXPECT_EQ(dns.received, 1);
+    }
   }
 }
 
@@ -310,16 +320,16 @@ TEST_F(ResolverTest, ManyConcurrentQueries) {
 TEST_F(ResolverTest, BadNameserverThrows) {
   for (const char* ns : {"not-an-ip", "1.2.3.4:99999", "[::1]", "dns.google"}) {
     try {
-      Resolver r(loop, {.nameserver = ns});
+      Resolver r(loop, with_nameserver(ns));
       ADD_FAILURE() << "accepted " << ns;
     } catch (const std::runtime_error& e) {
       EXPECT_NE(std::string(e.what()).find(ns), std::string::npos) << e.what();
     }
   }
   // The accepted forms.
-  Resolver plain(loop, {.nameserver = "127.0.0.1"});
-  Resolver v6(loop, {.nameserver = "::1"});
-  Resolver v6_port(loop, {.nameserver = "[::1]:5353"});
+  Resolver plain(loop, with_nameserver("127.0.0.1"));
+  Resolver v6(loop, with_nameserver("::1"));
+  Resolver v6_port(loop, with_nameserver("[::1]:5353"));
 }
 
 TEST(ResolverBlocking, Literals) {
