@@ -1,7 +1,6 @@
 #include "config.hpp"
 
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 
 #include "version.hpp"
@@ -35,14 +34,17 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
                    ->allow_extra_args(false);
   app.add_option("-f,--forward", c.forward, "forward every connection to ADDR (port forwarding)")
       ->type_name("ADDR");
-  app.add_option("-x,--proxy", c.proxy, "dial outbound through proxy1[,proxy2...] (first hop first)")
+  app.add_option("-x,--proxy", c.proxy,
+                 "dial outbound through proxy1[,proxy2...] (first hop first)")
       ->type_name("URI[,URI...]");
   app.add_option("--api", c.api, "serve the RESTful API on ADDR (keep it on loopback)")
       ->type_name("ADDR");
   app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
       ->type_name("FILE");
-  app.add_flag_function("-4", [&](int64_t) { c.family = 4; }, "resolve host names to IPv4 only");
-  app.add_flag_function("-6", [&](int64_t) { c.family = 6; }, "resolve host names to IPv6 only");
+  app.add_flag_function(
+      "-4", [&](int64_t) { c.family = 4; }, "resolve host names to IPv4 only");
+  app.add_flag_function(
+      "-6", [&](int64_t) { c.family = 6; }, "resolve host names to IPv6 only");
   app.add_option("--nameserver", c.nameserver, "use this DNS server instead of the system's")
       ->type_name("IP[:PORT]");
   app.add_option("-i,--netdev", c.netdev, "bind outbound connections to network device NAME")
@@ -57,15 +59,18 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
                  "very verbose")
       ->check(CLI::Range(0, 8))
       ->capture_default_str();
-  app.add_flag_function("-s,--silence", [&](int64_t) { c.loglevel = 1; }, "same as --loglevel 1");
-  app.add_flag_function("-v,--verbose", [&](int64_t) { c.loglevel = 6; }, "same as --loglevel 6");
+  app.add_flag_function(
+      "-s,--silence", [&](int64_t) { c.loglevel = 1; }, "same as --loglevel 1");
+  app.add_flag_function(
+      "-v,--verbose", [&](int64_t) { c.loglevel = 6; }, "same as --loglevel 6");
   app.add_flag("--pipe", c.pipe, "relay with splice(2) through pipes (zero copy)");
   app.add_flag("--reuseport", c.reuseport, "SO_REUSEPORT on listeners (one process per core)");
   app.add_flag("--auth-required", c.auth_required, "refuse clients that offer no credentials");
   app.add_flag("-d,--daemonize", c.daemonize, "run in the background and log to syslog");
   app.add_option("-u,--user", c.user, "drop privileges to user[:group] after binding")
       ->type_name("USER[:GROUP]");
-  app.add_option("-m,--max-sessions", c.max_sessions, "refuse beyond N concurrent sessions (0: no limit)")
+  app.add_option("-m,--max-sessions", c.max_sessions,
+                 "refuse beyond N concurrent sessions (0: no limit)")
       ->type_name("N")
       ->capture_default_str();
   std::string max_startups;
@@ -92,14 +97,17 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
   if (!max_startups.empty()) {
     auto m = parse_max_startups(max_startups);
     if (!m) {
-      std::fprintf(stderr, "--max-startups: expected START:RATE:FULL with RATE <= 100 and FULL >= START, got \"%s\"\n",
+      std::fprintf(stderr,
+                   "--max-startups: expected START:RATE:FULL with RATE <= 100 and FULL >= START, "
+                   "got \"%s\"\n",
                    max_startups.c_str());
       return 2;
     }
     c.max_startups = *m;
   }
   if (c.listen.empty() && c.http_listen.empty() && c.api.empty()) {
-    std::fprintf(stderr, "nothing to do: give at least one -l, --http or --api address (see --help)\n");
+    std::fprintf(stderr,
+                 "nothing to do: give at least one -l, --http or --api address (see --help)\n");
     return 2;
   }
   return std::nullopt;

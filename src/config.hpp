@@ -24,11 +24,11 @@ struct Config {
   std::string api;                       // --api ADDR
   std::string ruleset;                   // -r FILE
   std::string nameserver;
-  std::string netdev;                    // -i: bind outbound sockets to a device
-  std::string user;                      // -u user[:group]
-  int family = 0;                        // 4: -4, 6: -6, 0: any
+  std::string netdev;  // -i: bind outbound sockets to a device
+  std::string user;    // -u user[:group]
+  int family = 0;      // 4: -4, 6: -6, 0: any
   int loglevel = 4;
-  double timeout = 60.0;                 // -t: half-open (handshake/dial) timeout
+  double timeout = 60.0;  // -t: half-open (handshake/dial) timeout
   bool bidir_timeout = false;
   bool pipe = false;
   bool reuseport = false;
@@ -38,7 +38,7 @@ struct Config {
   bool tcp_nodelay = true;
   bool tcp_keepalive = true;
   int tcp_sndbuf = 0, tcp_rcvbuf = 0;
-  size_t max_sessions = 0;               // 0 = unlimited
+  size_t max_sessions = 0;  // 0 = unlimited
   MaxStartups max_startups;
   size_t memlimit_mib = 0;
 };

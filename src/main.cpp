@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
     rs::server::Server server(loop, cfg);
     if (!cfg.user.empty()) drop_privileges(cfg.user);
     if (cfg.daemonize) {
-      if (daemon(0, 0) != 0) throw std::runtime_error(std::string("daemon: ") + std::strerror(errno));
+      if (daemon(0, 0) != 0)
+        throw std::runtime_error(std::string("daemon: ") + std::strerror(errno));
       rs::log::use_syslog("rulesocks");
       ev_loop_fork(loop);
     }

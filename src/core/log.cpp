@@ -10,8 +10,8 @@ namespace rs::log {
 namespace {
 bool to_syslog = false;
 constexpr char kLetters[] = "SFEWNIDVV";
-constexpr int kSyslogPriority[] = {LOG_DEBUG,  LOG_CRIT, LOG_ERR,   LOG_WARNING, LOG_NOTICE,
-                                   LOG_INFO,   LOG_DEBUG, LOG_DEBUG, LOG_DEBUG};
+constexpr int kSyslogPriority[] = {LOG_DEBUG, LOG_CRIT,  LOG_ERR,   LOG_WARNING, LOG_NOTICE,
+                                   LOG_INFO,  LOG_DEBUG, LOG_DEBUG, LOG_DEBUG};
 }  // namespace
 
 void use_syslog(const char* ident) {
@@ -32,8 +32,8 @@ void write(int level, std::string_view msg) {
   localtime_r(&ts.tv_sec, &t);
   // One fwrite per line keeps lines whole when several processes share stderr.
   auto line = fmt::format("{} {:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03} {}\n", kLetters[level],
-                          t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min,
-                          t.tm_sec, ts.tv_nsec / 1000000, msg);
+                          t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                          ts.tv_nsec / 1000000, msg);
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 

@@ -22,7 +22,9 @@ enum Level : int {
 
 // Current threshold; messages with level > threshold are dropped.
 inline int threshold = kNotice;
-inline bool enabled(int level) { return level <= threshold; }
+inline bool enabled(int level) {
+  return level <= threshold;
+}
 
 // Switch output to syslog(3) (used by --daemonize).
 void use_syslog(const char* ident);

@@ -102,9 +102,13 @@ Pools& pools() {
 
 }  // namespace
 
-const PoolCounters& pool_counters() { return pools().counters; }
+const PoolCounters& pool_counters() {
+  return pools().counters;
+}
 
-void trim_pools() { pools().trim(); }
+void trim_pools() {
+  pools().trim();
+}
 
 ssize_t ChunkBuffer::fill(int fd) {
   if (data_ == nullptr) data_ = pools().take_buffer();

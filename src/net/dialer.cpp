@@ -144,8 +144,8 @@ void Dialer::on_connect() {
   getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) {
     last_error_ = from_errno(err);
-    last_message_ = fmt::format("connect {}: {}", addrs_[next_addr_ - 1].to_string(),
-                                std::strerror(err));
+    last_message_ =
+        fmt::format("connect {}: {}", addrs_[next_addr_ - 1].to_string(), std::strerror(err));
     log::debug("{}", last_message_);
     io_.stop();
     fd_.reset();
@@ -164,9 +164,8 @@ void Dialer::begin_hop() {
   }
   const proto::Address next = hop_ + 1 < chain_.size() ? chain_[hop_ + 1].address() : target_;
   if (chain_[hop_].scheme == proto::ProxyUri::Scheme::kSocks4a && next.is_ipv6()) {
-    finish(DialError::kAddressType,
-           fmt::format("{}: SOCKS4A cannot carry IPv6 address {}", chain_[hop_].to_string(),
-                       next.to_string()));
+    finish(DialError::kAddressType, fmt::format("{}: SOCKS4A cannot carry IPv6 address {}",
+                                                chain_[hop_].to_string(), next.to_string()));
     return;
   }
   hs_ = std::make_unique<HopHandshake>(chain_[hop_], next);
@@ -187,8 +186,8 @@ void Dialer::on_io(int revents) {
     ssize_t n = send(fd_.get(), out_.data(), out_.size(), MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) return;
-      finish(from_errno(errno), fmt::format("{}: send: {}", chain_[hop_].to_string(),
-                                            std::strerror(errno)));
+      finish(from_errno(errno),
+             fmt::format("{}: send: {}", chain_[hop_].to_string(), std::strerror(errno)));
       return;
     }
     out_.erase(0, static_cast<size_t>(n));
@@ -242,16 +241,21 @@ void Dialer::on_io(int revents) {
   begin_hop();
 }
 
-void Dialer::finish(DialError err, std::string msg) {
-  if (stage_ == Stage::kDone) return;
+void Dialer::cancel() {
   stage_ = Stage::kDone;
   io_.stop();
   timer_.stop();
   kick_.stop();
   query_.reset();
-  UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};
   fd_.reset();
+  cb_ = nullptr;
+}
+
+void Dialer::finish(DialError err, std::string msg) {
+  if (stage_ == Stage::kDone) return;
+  UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};
   auto cb = std::move(cb_);
+  cancel();
   cb(std::move(fd), err, msg);
 }
 

@@ -46,6 +46,9 @@ class Dialer {
   // (empty chain) to an address in `deny` fails with kNotAllowed.
   void start(proto::Address target, std::vector<proto::ProxyUri> chain,
              const std::vector<SockAddr>* deny, Callback cb);
+  // Stops everything now; the callback is not called. For owners that must
+  // defer the destruction but not the cancellation.
+  void cancel();
 
  private:
   void connect_next();
@@ -74,8 +77,8 @@ class Dialer {
 
   size_t hop_ = 0;  // index of the hop whose handshake is running
   std::unique_ptr<HopHandshake> hs_;
-  std::string out_;              // handshake bytes not yet written
-  std::vector<uint8_t> in_;      // reply bytes taken while incomplete
+  std::string out_;          // handshake bytes not yet written
+  std::vector<uint8_t> in_;  // reply bytes taken while incomplete
   enum class Stage { kIdle, kResolving, kConnecting, kHandshake, kDone } stage_ = Stage::kIdle;
 };
 

@@ -15,15 +15,21 @@ using proto::ParseStatus;
 
 DialError from_errno(int err) {
   switch (err) {
-    case ECONNREFUSED: return DialError::kRefused;
+    case ECONNREFUSED:
+      return DialError::kRefused;
     case ENETUNREACH:
-    case ENETDOWN: return DialError::kNetUnreachable;
+    case ENETDOWN:
+      return DialError::kNetUnreachable;
     case EHOSTUNREACH:
-    case EHOSTDOWN: return DialError::kHostUnreachable;
-    case ETIMEDOUT: return DialError::kTimeout;
+    case EHOSTDOWN:
+      return DialError::kHostUnreachable;
+    case ETIMEDOUT:
+      return DialError::kTimeout;
     case EACCES:
-    case EPERM: return DialError::kNotAllowed;
-    default: return DialError::kGeneral;
+    case EPERM:
+      return DialError::kNotAllowed;
+    default:
+      return DialError::kGeneral;
   }
 }
 
@@ -53,7 +59,9 @@ Step fail(DialError e, std::string msg) {
   s.message = std::move(msg);
   return s;
 }
-Step need_more() { return Step{Step::kNeedMore}; }
+Step need_more() {
+  return Step{Step::kNeedMore};
+}
 Step done(size_t consumed) {
   Step s{Step::kDone};
   s.consumed = consumed;
@@ -75,7 +83,8 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       if (r.status == ParseStatus::kNeedMore) return need_more();
       if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
       if (r.value != proto::socks4::kGranted)
-        return fail(DialError::kNotAllowed, fmt::format("{}: request rejected (SOCKS4 reply 0x{:02X})", where, r.value));
+        return fail(DialError::kNotAllowed,
+                    fmt::format("{}: request rejected (SOCKS4 reply 0x{:02X})", where, r.value));
       return done(r.consumed);
     }
     case Stage::kSocks5Method: {
@@ -119,8 +128,8 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       int code = r.value.status;
       if (code / 100 == 2) return done(r.consumed);
       auto e = code == 403 || code == 407 ? DialError::kNotAllowed
-               : code == 504             ? DialError::kTimeout
-                                         : DialError::kGeneral;
+               : code == 504              ? DialError::kTimeout
+                                          : DialError::kGeneral;
       return fail(e, where + ": HTTP " + std::to_string(code) + " " + r.value.reason);
     }
   }

@@ -1,13 +1,12 @@
 #include "net/relay.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
 #include <utility>
-
-#include <fmt/format.h>
 
 namespace rs::net {
 namespace {
@@ -20,10 +19,14 @@ void set_nonblocking(int fd) {
   if (flags >= 0 && !(flags & O_NONBLOCK)) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+bool would_block(int err) {
+  return err == EAGAIN || err == EWOULDBLOCK;
+}
 
 // splice(2) refuses file types it cannot handle with these.
-bool splice_unsupported(int err) { return err == EINVAL || err == ENOSYS; }
+bool splice_unsupported(int err) {
+  return err == EINVAL || err == ENOSYS;
+}
 
 }  // namespace
 

@@ -77,8 +77,7 @@ std::optional<Address> make_address(std::string_view host, uint16_t port) {
   if (auto v6 = parse_ipv6(host)) return Address{*v6, port};
   if (host.empty() || host.size() > 255) return std::nullopt;
   for (unsigned char c : host) {
-    if (c <= ' ' || c == 0x7f || c == '/' || c == '[' || c == ']' || c == ':')
-      return std::nullopt;
+    if (c <= ' ' || c == 0x7f || c == '/' || c == '[' || c == ']' || c == ':') return std::nullopt;
   }
   return Address{std::string(host), port};
 }

@@ -9,17 +9,23 @@ namespace {
 
 // ---- Character classes (RFC 9110 section 5.6.2, RFC 9112 section 3.2) ----
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 bool is_tchar(char c) {
   if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c)) return true;
   return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
-bool is_token(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar); }
+bool is_token(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar);
+}
 
 // Visible ASCII: a request target carries no spaces, controls or raw 8-bit.
-bool is_target_char(char c) { return c > 0x20 && c < 0x7f; }
+bool is_target_char(char c) {
+  return c > 0x20 && c < 0x7f;
+}
 
 // Field values and reason phrases: VCHAR, obs-text, SP and HTAB.
 bool is_text_char(char c) {
@@ -27,7 +33,9 @@ bool is_text_char(char c) {
   return u == '\t' || (u >= 0x20 && u != 0x7f);
 }
 
-bool is_text(std::string_view s) { return std::all_of(s.begin(), s.end(), is_text_char); }
+bool is_text(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), is_text_char);
+}
 
 std::string_view trim_ows(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -45,8 +53,7 @@ using MaybeError = std::optional<HeadError>;
 
 // "HTTP/1.0" or "HTTP/1.1"; a well-formed other version is a 505.
 MaybeError parse_version(std::string_view v, int& minor) {
-  if (v.size() != 8 || !v.starts_with("HTTP/") || !is_digit(v[5]) || v[6] != '.' ||
-      !is_digit(v[7]))
+  if (v.size() != 8 || !v.starts_with("HTTP/") || !is_digit(v[5]) || v[6] != '.' || !is_digit(v[7]))
     return HeadError{"http: malformed version"};
   if (v[5] != '1' || (v[7] != '0' && v[7] != '1'))
     return HeadError{"http: unsupported version " + std::string(v), 505};
@@ -154,8 +161,8 @@ int base64_value(char c) {
 
 bool iequals(std::string_view a, std::string_view b) {
   auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [&](char x, char y) { return lower(x) == lower(y); });
 }
 
 std::optional<std::string_view> find_header(const HttpHeaders& headers, std::string_view name) {
@@ -330,7 +337,9 @@ std::string http_response(int status, std::string_view reason, const HttpHeaders
   return out;
 }
 
-std::string http_connect_established() { return "HTTP/1.1 200 Connection established\r\n\r\n"; }
+std::string http_connect_established() {
+  return "HTTP/1.1 200 Connection established\r\n\r\n";
+}
 
 std::string http_connect_request(const Address& target, std::string_view user,
                                  std::string_view pass) {

@@ -99,8 +99,8 @@ std::string_view status_reason(int status);
 
 // A complete HTTP/1.1 response. `reason` defaults to status_reason(status);
 // Content-Length is added unless `headers` has one.
-std::string http_response(int status, std::string_view reason = {},
-                          const HttpHeaders& headers = {}, std::string_view body = {});
+std::string http_response(int status, std::string_view reason = {}, const HttpHeaders& headers = {},
+                          std::string_view body = {});
 // The 200 answer to CONNECT, which must not carry Content-Length (RFC 9110
 // section 9.3.6): the tunnel starts right after it.
 std::string http_connect_established();

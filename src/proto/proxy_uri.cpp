@@ -112,7 +112,8 @@ ProxyUriResult parse_proxy_uri(std::string_view text) {
   // The authority ends at the path, query or fragment; only a bare "/" may follow.
   size_t tail = rest.find_first_of("/?#");
   if (tail != std::string_view::npos) {
-    if (rest.substr(tail) != "/") return fail("unexpected path \"" + std::string(rest.substr(tail)) + "\"");
+    if (rest.substr(tail) != "/")
+      return fail("unexpected path \"" + std::string(rest.substr(tail)) + "\"");
     rest = rest.substr(0, tail);
   }
 
@@ -130,8 +131,7 @@ ProxyUriResult parse_proxy_uri(std::string_view text) {
     if (colon == std::string_view::npos) return fail("missing port");
     host = rest.substr(0, colon);
     port = rest.substr(colon + 1);
-    if (host.find(':') != std::string_view::npos)
-      return fail("IPv6 literal must be in brackets");
+    if (host.find(':') != std::string_view::npos) return fail("IPv6 literal must be in brackets");
     if (host.empty()) return fail("empty host");
     if (!make_address(host, 0)) return fail("invalid host \"" + std::string(host) + "\"");
   }

@@ -11,7 +11,9 @@ Parsed<Socks4Request> reject(std::string error) {
 }
 
 // SOCKS4A marks a host name with the invalid address 0.0.0.x, x != 0.
-bool is_4a_marker(const Ipv4& ip) { return ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] != 0; }
+bool is_4a_marker(const Ipv4& ip) {
+  return ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] != 0;
+}
 
 }  // namespace
 

@@ -15,8 +15,9 @@ std::string version_error(std::string_view what, uint8_t version) {
   return "socks5: bad " + std::string(what) + " version " + std::to_string(version);
 }
 
-bool fits_domain(const std::string& name) { return !name.empty() && name.size() <= kMaxDomain; }
-
+bool fits_domain(const std::string& name) {
+  return !name.empty() && name.size() <= kMaxDomain;
+}
 
 }  // namespace
 
@@ -38,7 +39,9 @@ Parsed<Socks5Greeting> parse_socks5_greeting(Bytes in) {
   return parse_done(r.pos() + count, std::move(greeting));
 }
 
-std::array<uint8_t, 2> method_reply(uint8_t method) { return {socks5::kVersion, method}; }
+std::array<uint8_t, 2> method_reply(uint8_t method) {
+  return {socks5::kVersion, method};
+}
 
 Parsed<Socks5Auth> parse_socks5_auth(Bytes in) {
   ByteReader r(in);
@@ -54,7 +57,9 @@ Parsed<Socks5Auth> parse_socks5_auth(Bytes in) {
   return parse_done(r.pos(), std::move(auth));
 }
 
-std::array<uint8_t, 2> auth_reply(bool ok) { return {socks5::kAuthVersion, static_cast<uint8_t>(ok ? 0 : 1)}; }
+std::array<uint8_t, 2> auth_reply(bool ok) {
+  return {socks5::kAuthVersion, static_cast<uint8_t>(ok ? 0 : 1)};
+}
 
 Parsed<Address> parse_socks5_address(Bytes in) {
   ByteReader r(in);
@@ -78,8 +83,7 @@ Parsed<Address> parse_socks5_address(Bytes in) {
       uint8_t len;
       std::string name;
       if (!r.u8(len)) return need_more<Address>();
-      if (len == 0)
-        return parse_error<Address>("socks5: empty host name", socks5::kGeneralFailure);
+      if (len == 0) return parse_error<Address>("socks5: empty host name", socks5::kGeneralFailure);
       if (!r.text(len, name)) return need_more<Address>();
       // The port is not known yet; it is filled in below.
       auto parsed = make_address(name, 0);
@@ -120,8 +124,7 @@ Parsed<Socks5Request> parse_socks5_request(Bytes in) {
   uint8_t version, reserved;
   if (!r.u8(version)) return need_more<Socks5Request>();
   if (version != socks5::kVersion)
-    return parse_error<Socks5Request>(version_error("request", version),
-                                      socks5::kGeneralFailure);
+    return parse_error<Socks5Request>(version_error("request", version), socks5::kGeneralFailure);
   if (!r.u8(req.command)) return need_more<Socks5Request>();
   if (req.command < socks5::kConnect || req.command > socks5::kUdpAssociate)
     return parse_error<Socks5Request>("socks5: unknown command " + std::to_string(req.command),
@@ -141,8 +144,7 @@ std::string socks5_reply(uint8_t rep, const Address& bound) {
 }
 
 std::string socks5_greeting(bool with_password) {
-  if (with_password)
-    return {socks5::kVersion, 2, socks5::kMethodNoAuth, socks5::kMethodPassword};
+  if (with_password) return {socks5::kVersion, 2, socks5::kMethodNoAuth, socks5::kMethodPassword};
   return {socks5::kVersion, 1, socks5::kMethodNoAuth};
 }
 
@@ -186,8 +188,7 @@ Parsed<Socks5Reply> parse_socks5_reply(Bytes in) {
   Socks5Reply reply;
   uint8_t version, reserved;
   if (!r.u8(version)) return need_more<Socks5Reply>();
-  if (version != socks5::kVersion)
-    return parse_error<Socks5Reply>(version_error("reply", version));
+  if (version != socks5::kVersion) return parse_error<Socks5Reply>(version_error("reply", version));
   if (!r.u8(reply.rep) || !r.u8(reserved)) return need_more<Socks5Reply>();
   auto addr = parse_socks5_address(in.subspan(kHeaderSize));
   if (addr.failed()) return parse_error<Socks5Reply>(addr.error);

@@ -118,9 +118,9 @@ class Engine {
   std::string stats(double dt, std::string_view q);
 
   size_t memory_bytes() const;
-  size_t routines_alive() const;        // routines started and not yet ended
-  size_t coroutine_pool_size() const;   // idle threads kept for reuse
-  size_t pending_awaits() const;        // await.* operations in flight
+  size_t routines_alive() const;       // routines started and not yet ended
+  size_t coroutine_pool_size() const;  // idle threads kept for reuse
+  size_t pending_awaits() const;       // await.* operations in flight
   bool has_ruleset() const;
 
  private:

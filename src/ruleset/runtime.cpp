@@ -123,6 +123,7 @@ void Runtime::add_package_path(const std::string& dir) {
 
 Runtime::Entry::Entry(Runtime& rt) : rt_(rt) {
   if (rt_.depth_++ == 0) {
+    rt_.relaxed_ = 0;
     rt_.instr_used_ = 0;
     rt_.limit_raised_ = false;
     rt_.hook_victim_ = nullptr;
@@ -131,7 +132,7 @@ Runtime::Entry::Entry(Runtime& rt) : rt_(rt) {
 }
 
 Runtime::Entry::~Entry() {
-  --rt_.depth_;
+  if (--rt_.depth_ == 0) rt_.relaxed_ = 0;
   rt_.update_enforce();
 }
 

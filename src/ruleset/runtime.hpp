@@ -35,8 +35,10 @@
 // reused, unlike addresses.
 //
 // Cancellation resets the job's thread with lua_resetthread, which runs the
-// pending __close handlers; a cancelled thread is never reused. Inside Lua the
-// reset is deferred to the loop.
+// pending __close handlers; a cancelled thread is never reused. A thread that is
+// not suspended (the cancel comes from inside it) is reset later, from the loop.
+// Only the job's own thread is reset: a coroutine it created and left waiting on
+// an await of its own is not tracked, and finishes or is collected on its own.
 //
 // Limits
 // ------
@@ -56,14 +58,13 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <lua.hpp>
 #include <map>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <lua.hpp>
 
 #include "core/cancellable.hpp"
 #include "core/loop.hpp"
@@ -135,6 +136,8 @@ class Runtime {
    private:
     Runtime& rt_;
   };
+  // Inside Lua, host C code that must not fail for the ruleset's memory use.
+  // Reset by the outermost Entry, so an error between the two calls is harmless.
   void relax(int delta) {
     relaxed_ += delta;
     update_enforce();
@@ -161,8 +164,9 @@ class Runtime {
   void mark_active(lua_State* co, bool active);
   // Resumes a routine from inside Lua (neosocksd.async).
   int resume_nested(lua_State* co, lua_State* from, int nargs, int* nres);
-  // The trampoline finished a job on `co`: settle it and pool the thread.
-  void routine_end(lua_State* co);
+  // The trampoline finished a routine on `co`: settle its job (err_index: the
+  // error finish raised, or 0) and pool the thread. Call relaxed.
+  void routine_end(lua_State* co, int err_index);
   // Copies finish(ok, ...) on L's stack into the job's outcome. No Lua errors;
   // false (with `err` filled) only when C++ runs out of memory.
   bool collect(Job& job, lua_State* L, char (&err)[256]) noexcept;
@@ -205,9 +209,7 @@ class Runtime {
   static void warn(void* ud, const char* msg, int tocont);
   static int open_all(lua_State* L);
 
-  void update_enforce() {
-    budget_.enforce = budget_.limit != 0 && depth_ > 0 && relaxed_ == 0;
-  }
+  void update_enforce() { budget_.enforce = budget_.limit != 0 && depth_ > 0 && relaxed_ == 0; }
   void arm_hook(lua_State* co);
   // Resumes `co` from the loop and settles what happened to it.
   void resume_host(lua_State* co, int nargs);
@@ -263,10 +265,11 @@ int trampoline(lua_State* co);
 int job_finish(lua_State* L);
 // ruleset[method](args...): upvalue 1 says whether a missing method is an error.
 int method_entry(lua_State* L);
-int update_entry(lua_State* L);  // (chunk) -> installs the ruleset
-int module_entry(lua_State* L);  // (name, chunk) -> replaces package.loaded[name]
-int api_async(lua_State* L);     // neosocksd.async
+int update_entry(lua_State* L);   // (chunk) -> installs the ruleset
+int module_entry(lua_State* L);   // (name, chunk) -> replaces package.loaded[name]
+int api_async(lua_State* L);      // neosocksd.async
 int api_traceback(lua_State* L);  // neosocksd.traceback, also the message handler
+int api_resolve(lua_State* L);    // neosocksd.resolve (blocking)
 
 // Library openers (each sets its global).
 void open_neosocksd(lua_State* L);

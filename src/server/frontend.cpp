@@ -79,9 +79,12 @@ class Socks5Frontend final : public Frontend {
 
   Step feed(std::span<const uint8_t> in) override {
     switch (stage_) {
-      case Stage::kGreeting: return greeting(in);
-      case Stage::kAuth: return auth(in);
-      case Stage::kRequest: return request_(in);
+      case Stage::kGreeting:
+        return greeting(in);
+      case Stage::kAuth:
+        return auth(in);
+      case Stage::kRequest:
+        return request_(in);
     }
     return fail({}, "socks5: bad state");
   }
@@ -156,10 +159,12 @@ class HttpFrontend final : public Frontend {
     }
     const auto& head = r.value;
     if (head.method != "CONNECT") {
-      return fail(proto::http_response(405, {}, {{"Allow", "CONNECT"}, {"Connection", "close"},
-                                                 {"Content-Type", "text/plain"}},
-                                       "rulesocks: only CONNECT is supported on this port\n"),
-                  "http: method " + head.method + " not allowed");
+      return fail(
+          proto::http_response(
+              405, {},
+              {{"Allow", "CONNECT"}, {"Connection", "close"}, {"Content-Type", "text/plain"}},
+              "rulesocks: only CONNECT is supported on this port\n"),
+          "http: method " + head.method + " not allowed");
     }
     auto target = proto::parse_address(head.target);
     if (!target)
@@ -168,7 +173,8 @@ class HttpFrontend final : public Frontend {
     ClientRequest req{std::move(*target), std::nullopt, std::nullopt};
     if (auto value = head.header("Proxy-Authorization")) {
       auto creds = proto::parse_basic_auth(*value);
-      if (!creds) return fail(error_response(400, "bad Proxy-Authorization"), "http: bad credentials");
+      if (!creds)
+        return fail(error_response(400, "bad Proxy-Authorization"), "http: bad credentials");
       req.username = std::move(creds->first);
       req.password = std::move(creds->second);
     }
@@ -190,7 +196,8 @@ class HttpFrontend final : public Frontend {
 
  private:
   static std::string error_response(int status, std::string_view why) {
-    return proto::http_response(status, {}, {{"Connection", "close"}, {"Content-Type", "text/plain"}},
+    return proto::http_response(status, {},
+                                {{"Connection", "close"}, {"Content-Type", "text/plain"}},
                                 "rulesocks: " + std::string(why) + "\n");
   }
   FrontendOptions opts_;

@@ -33,7 +33,7 @@ struct Step {
 };
 
 struct FrontendOptions {
-  bool auth_required = false;    // refuse clients that offer no credentials
+  bool auth_required = false;     // refuse clients that offer no credentials
   bool want_credentials = false;  // ask for credentials when the client offers them
 };
 

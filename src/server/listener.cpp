@@ -41,7 +41,9 @@ Listener::Listener(Server& server, const net::SockAddr& addr, ListenerKind kind,
   io_.set(fd_.get(), EV_READ);
 }
 
-void Listener::start() { io_.start(); }
+void Listener::start() {
+  io_.start();
+}
 
 void Listener::stop() {
   io_.stop();
@@ -53,8 +55,8 @@ void Listener::on_accept() {
   for (int i = 0; i < 64; ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
-    int fd = accept4(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd =
+        accept4(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       switch (errno) {
         case EAGAIN:

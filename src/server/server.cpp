@@ -31,7 +31,8 @@ net::Family family_of(int f) {
 Server::Server(ev::Loop* loop, const Config& cfg)
     : loop_(loop), cfg_(cfg), deferred_(loop), start_time_(ev_now(loop)) {
   resolver_ = std::make_unique<net::Resolver>(
-      loop, net::ResolverOptions{family_of(cfg.family), cfg.nameserver, std::min(cfg.timeout, 10.0)});
+      loop,
+      net::ResolverOptions{family_of(cfg.family), cfg.nameserver, std::min(cfg.timeout, 10.0)});
   dial_.timeout = cfg.timeout;
   dial_.netdev = cfg.netdev;
   dial_.sndbuf = cfg.tcp_sndbuf;
@@ -56,14 +57,15 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   if (!cfg.api.empty()) protected_.push_back(parse_listen(cfg.api));
 
   auto add = [&](const std::string& text, ListenerKind kind) {
-    listeners_.push_back(std::make_unique<Listener>(*this, parse_listen(text), kind, cfg.reuseport));
+    listeners_.push_back(
+        std::make_unique<Listener>(*this, parse_listen(text), kind, cfg.reuseport));
     log::notice("listening on {} ({})", listeners_.back()->address().to_string(),
-                kind == ListenerKind::kHttp ? "HTTP CONNECT"
+                kind == ListenerKind::kHttp      ? "HTTP CONNECT"
                 : kind == ListenerKind::kForward ? "forward to " + cfg.forward
                                                  : "SOCKS4/4A/5");
   };
   for (const auto& l : cfg.listen)
-    add(l, forward_ ? ListenerKind::kForward
+    add(l, forward_       ? ListenerKind::kForward
            : cfg.http_all ? ListenerKind::kHttp
                           : ListenerKind::kSocks);
   for (const auto& l : cfg.http_listen) add(l, ListenerKind::kHttp);

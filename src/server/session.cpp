@@ -11,7 +11,7 @@
 namespace rs::server {
 namespace {
 constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
-constexpr double kLinger = 2.0;  // seconds to let a client read an error reply
+constexpr double kLinger = 2.0;              // seconds to let a client read an error reply
 }  // namespace
 
 Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind)
@@ -82,8 +82,7 @@ void Session::on_readable() {
   }
   // One read may hold several handshake messages (pipelined SOCKS5).
   while (state_ == State::kHandshake) {
-    Step step = frontend_->feed(
-        {reinterpret_cast<const uint8_t*>(in_.data()), in_.size()});
+    Step step = frontend_->feed({reinterpret_cast<const uint8_t*>(in_.data()), in_.size()});
     if (step.status == Step::kNeedMore) {
       if (in_.size() >= kMaxHandshake) {
         fail({}, "handshake too long");
@@ -125,8 +124,8 @@ void Session::route() {
 void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool by_ruleset) {
   state_ = State::kDialing;
   log::debug("{}: dialing {}", peer_.to_string(), target.to_string());
-  dialer_ = std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(),
-                                          server_.dial_options());
+  dialer_ =
+      std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
   // The API runs arbitrary Lua: never let a client reach it through the proxy
   // unless a ruleset routes it there on purpose.
   const auto* deny = by_ruleset ? nullptr : &server_.protected_addresses();
@@ -199,6 +198,16 @@ bool Session::send_all(std::string_view bytes) {
 }
 
 void Session::on_timeout() {
+  if (state_ == State::kRouting || state_ == State::kDialing) {
+    // The client gets the protocol's timeout reply (SOCKS5 TTL expired,
+    // HTTP 504), not a bare close.
+    if (dialer_) dialer_->cancel();
+    server_.deferred().dispose(std::move(dialer_));
+    server_.deferred().dispose(std::move(routing_));
+    ++server_.stats().dial_failed;
+    reject(net::DialError::kTimeout, "timed out");
+    return;
+  }
   if (state_ != State::kLingering) {
     ++server_.stats().bad_requests;
     log::info("{}: handshake timed out ({})", peer_.to_string(),
@@ -225,7 +234,9 @@ void Session::teardown() {
   leave_halfopen();
   io_.stop();
   timer_.stop();
-  // Whatever is still running may be inside its own callback: dispose later.
+  // Whatever is still running may be inside its own callback: stop it now,
+  // destroy it later.
+  if (dialer_) dialer_->cancel();
   server_.deferred().dispose(std::move(routing_));
   server_.deferred().dispose(std::move(dialer_));
   server_.deferred().dispose(std::move(relay_));

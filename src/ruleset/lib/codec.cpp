@@ -16,7 +16,8 @@ namespace {
 constexpr size_t kChunk = 16 * 1024;
 
 bool is_gzip_magic(std::string_view in) {
-  return in.size() >= 2 && static_cast<uint8_t>(in[0]) == 0x1f && static_cast<uint8_t>(in[1]) == 0x8b;
+  return in.size() >= 2 && static_cast<uint8_t>(in[0]) == 0x1f &&
+         static_cast<uint8_t>(in[1]) == 0x8b;
 }
 
 // A zlib header: deflate method, window of at most 32 KiB, and a check value making the first
@@ -88,7 +89,7 @@ std::nullopt_t fail(std::string* err, std::string msg) {
 std::optional<std::string> inflate_body(std::string_view in, Format format, size_t limit,
                                         std::string* err) {
   if (format == Format::kAuto) {
-    format = is_gzip_magic(in)     ? Format::kGzip
+    format = is_gzip_magic(in)    ? Format::kGzip
              : is_zlib_header(in) ? Format::kZlib
                                   : Format::kRawDeflate;
   }

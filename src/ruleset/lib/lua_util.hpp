@@ -8,10 +8,9 @@
 
 #include <cstdio>
 #include <exception>
+#include <lua.hpp>
 #include <new>
 #include <type_traits>
-
-#include <lua.hpp>
 
 namespace rs::ruleset {
 

@@ -167,7 +167,9 @@ int tostring(lua_State* L) {
 
 }  // namespace
 
-const char* regex_backend() { return engine::name(); }
+const char* regex_backend() {
+  return engine::name();
+}
 
 int luaopen_rs_regex(lua_State* L) {
   static constexpr luaL_Reg kMethods[] = {

@@ -38,8 +38,8 @@ Pattern* compile(const char* pattern, size_t len, unsigned flags, Error* err) {
   if (flags & kIgnoreCase) options |= PCRE2_CASELESS;
   int code = 0;
   PCRE2_SIZE offset = 0;
-  pcre2_code* re = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), len, options, &code,
-                                 &offset, nullptr);
+  pcre2_code* re =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), len, options, &code, &offset, nullptr);
   if (re == nullptr) {
     char msg[192];
     describe(code, msg, sizeof msg);
@@ -94,7 +94,9 @@ bool span(const Pattern* p, size_t i, size_t* begin, size_t* end) {
   return true;
 }
 
-const char* name() { return "pcre2"; }
+const char* name() {
+  return "pcre2";
+}
 
 }  // namespace rs::ruleset::regex_engine
 

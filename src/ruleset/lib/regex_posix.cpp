@@ -42,9 +42,13 @@ Pattern* compile(const char* pattern, size_t len, unsigned flags, Error* err) {
   return p.release();
 }
 
-void destroy(Pattern* p) { delete p; }
+void destroy(Pattern* p) {
+  delete p;
+}
 
-size_t groups(const Pattern* p) { return p->re.re_nsub; }
+size_t groups(const Pattern* p) {
+  return p->re.re_nsub;
+}
 
 int search(Pattern* p, const char* s, size_t len, size_t start, Error* err) {
   if (len > static_cast<size_t>(std::numeric_limits<regoff_t>::max())) {
@@ -88,7 +92,9 @@ bool span(const Pattern* p, size_t i, size_t* begin, size_t* end) {
   return true;
 }
 
-const char* name() { return "posix"; }
+const char* name() {
+  return "posix";
+}
 
 }  // namespace rs::ruleset::regex_engine
 

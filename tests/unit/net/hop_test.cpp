@@ -25,7 +25,9 @@ proto::ProxyUri uri(const char* text) {
   return r.uri;
 }
 
-proto::Address target(const char* text) { return *proto::parse_address(text); }
+proto::Address target(const char* text) {
+  return *proto::parse_address(text);
+}
 
 // Feeds `reply` one byte at a time; the hop must keep asking for more until
 // the last byte, and never consume bytes past its reply.
@@ -37,7 +39,9 @@ Step feed_bytewise(HopHandshake& hs, const std::string& reply, const std::string
       EXPECT_EQ(s.status, Step::kNeedMore) << "prefix " << k;
       continue;
     }
-    if (s.status != Step::kError) EXPECT_EQ(s.consumed, reply.size());
+    if (s.status != Step::kError) {
+      EXPECT_EQ(s.consumed, reply.size());
+    }
     return s;
   }
   return {};
@@ -107,9 +111,12 @@ TEST(HopHandshake, Socks5NeedsCredentialsWeDoNotHave) {
 }
 
 TEST(HopHandshake, Socks5ErrorRepsMap) {
-  for (auto [rep, err] : {std::pair{1, DialError::kGeneral}, {2, DialError::kNotAllowed},
-                          {3, DialError::kNetUnreachable}, {4, DialError::kHostUnreachable},
-                          {5, DialError::kRefused}, {6, DialError::kTimeout}}) {
+  for (auto [rep, err] : {std::pair{1, DialError::kGeneral},
+                          {2, DialError::kNotAllowed},
+                          {3, DialError::kNetUnreachable},
+                          {4, DialError::kHostUnreachable},
+                          {5, DialError::kRefused},
+                          {6, DialError::kTimeout}}) {
     HopHandshake hs(uri("socks5://127.0.0.1:1080"), target("example.org:80"));
     hs.start();
     ASSERT_EQ(feed_bytewise(hs, str({5, 0})).status, Step::kSend);
@@ -133,8 +140,10 @@ TEST(HopHandshake, HttpConnect) {
 }
 
 TEST(HopHandshake, HttpStatuses) {
-  for (auto [status, err] : {std::pair{407, DialError::kNotAllowed}, {403, DialError::kNotAllowed},
-                             {504, DialError::kTimeout}, {502, DialError::kGeneral}}) {
+  for (auto [status, err] : {std::pair{407, DialError::kNotAllowed},
+                             {403, DialError::kNotAllowed},
+                             {504, DialError::kTimeout},
+                             {502, DialError::kGeneral}}) {
     HopHandshake hs(uri("http://127.0.0.1:8080"), target("example.org:443"));
     hs.start();
     Step s = feed_bytewise(hs, proto::http_response(status));

@@ -1,14 +1,17 @@
 #include "net/relay.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <random>
@@ -59,7 +62,9 @@ std::pair<UniqueFd, UniqueFd> make_pair(Transport transport) {
   return {std::move(a), std::move(b)};
 }
 
-void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+void set_nonblocking(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
 
 // Guards blocking peer threads against a relay that stops moving bytes.
 void set_io_timeout(int fd) {
@@ -152,15 +157,14 @@ class RelayTest : public testing::TestWithParam<Param> {
     ev_now_update(loop_);  // timers count from start(), not from SetUp
     client_ = std::move(client_peer);
     upstream_ = std::move(upstream_peer);
-    relay_ = std::make_unique<Relay>(
-        loop_, std::move(client_side), std::move(upstream_side), opts,
-        [this](const RelayStats& stats, std::string_view reason) {
-          EXPECT_FALSE(done_) << "done called twice";
-          done_ = true;
-          done_at_ = Clock::now();
-          final_ = stats;
-          reason_ = reason;
-        });
+    relay_ = std::make_unique<Relay>(loop_, std::move(client_side), std::move(upstream_side), opts,
+                                     [this](const RelayStats& stats, std::string_view reason) {
+                                       EXPECT_FALSE(done_) << "done called twice";
+                                       done_ = true;
+                                       done_at_ = Clock::now();
+                                       final_ = stats;
+                                       reason_ = reason;
+                                     });
   }
 
   // Runs the loop until `pred` holds; false if the watchdog fired first.
@@ -186,7 +190,8 @@ class RelayTest : public testing::TestWithParam<Param> {
     run_until([&] {
       char buf[65536];
       ssize_t r;
-      while (got.size() < n && (r = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+      while (got.size() < n &&
+             (r = ::recv(fd, buf, std::min(sizeof(buf), n - got.size()), MSG_DONTWAIT)) > 0) {
         got.append(buf, static_cast<size_t>(r));
       }
       return got.size() >= n;
@@ -337,10 +342,11 @@ TEST_P(RelayTest, IdleTimeoutFires) {
 class Ticker {
  public:
   Ticker(ev::Loop* loop, int fd, int count)
-      : timer_(loop, [this, fd](int) {
-          ::send(fd, "x", 1, MSG_NOSIGNAL);
-          if (--left_ == 0) timer_.stop();
-        }),
+      : timer_(loop,
+               [this, fd](int) {
+                 ::send(fd, "x", 1, MSG_NOSIGNAL);
+                 if (--left_ == 0) timer_.stop();
+               }),
         left_(count) {
     timer_.start(0.1, 0.1);
   }
@@ -489,6 +495,30 @@ TEST_P(RelayTest, ClientGoneWhileDownstreamWritesIsAnError) {
     return done_;
   }));
   EXPECT_EQ(reason_.rfind("client write: ", 0), 0u) << reason_;
+}
+
+// splice(2) refuses an eventfd as its source (EINVAL): that direction must
+// fall back to read(2) and still deliver. The eventfd stands in for the client;
+// nothing is ever written to it, so it only needs to be readable.
+TEST_P(RelayTest, SourceThatCannotSpliceFallsBackToCopying) {
+  auto [upstream_side, upstream_peer] = make_pair(GetParam().transport);
+  upstream_ = std::move(upstream_peer);
+  UniqueFd events(::eventfd(0, EFD_CLOEXEC));
+  int efd = events.get();
+  relay_ = std::make_unique<Relay>(loop_, std::move(events), std::move(upstream_side),
+                                   RelayOptions{.use_splice = GetParam().splice},
+                                   [](const RelayStats&, std::string_view) {});
+  relay_->start();
+  for (uint64_t value : {5, 7}) {
+    ASSERT_EQ(::write(efd, &value, sizeof(value)), 8);
+    std::string got = read_n(upstream_.get(), 8);
+    ASSERT_EQ(got.size(), 8u);
+    uint64_t relayed;
+    std::memcpy(&relayed, got.data(), 8);
+    EXPECT_EQ(relayed, value);
+  }
+  EXPECT_EQ(relay_->stats().up, 16u);
+  EXPECT_FALSE(relay_->closed());
 }
 
 INSTANTIATE_TEST_SUITE_P(Relay, RelayTest,

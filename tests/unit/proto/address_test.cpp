@@ -28,16 +28,16 @@ TEST(SplitHostPort, BracketedIpv6LosesBrackets) {
 
 TEST(SplitHostPort, Rejects) {
   for (const char* s : {
-           "::1:80",          // unbracketed IPv6 is ambiguous
-           "example.org",     // no port
-           "example.org:",    // empty port
-           ":80",             // empty host
-           "",                // nothing
-           "[::1]",           // bracketed, no port
-           "[::1]80",         // no colon after the bracket
-           "[::1:80",         // unterminated bracket
-           "[]:80",           // empty bracketed host
-           "[::1]:",          // empty port after bracket
+           "::1:80",        // unbracketed IPv6 is ambiguous
+           "example.org",   // no port
+           "example.org:",  // empty port
+           ":80",           // empty host
+           "",              // nothing
+           "[::1]",         // bracketed, no port
+           "[::1]80",       // no colon after the bracket
+           "[::1:80",       // unterminated bracket
+           "[]:80",         // empty bracketed host
+           "[::1]:",        // empty port after bracket
        }) {
     EXPECT_FALSE(split_host_port(s)) << s;
   }

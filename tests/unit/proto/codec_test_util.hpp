@@ -64,13 +64,17 @@ auto expect_error(Parse parse, std::string_view msg, int code = -1) {
   for (size_t k = 0; k <= msg.size(); ++k) {
     auto r = parse(to_bytes(msg.substr(0, k)));
     EXPECT_FALSE(r.done()) << "prefix of " << k << ": " << describe(r);
-    if (first_error) EXPECT_EQ(r.error, *first_error) << "prefix of " << k;
+    if (first_error) {
+      EXPECT_EQ(r.error, *first_error) << "prefix of " << k;
+    }
     if (r.failed() && !first_error) first_error = r.error;
   }
   auto whole = parse(to_bytes(msg));
   EXPECT_TRUE(whole.failed()) << describe(whole);
   EXPECT_FALSE(whole.error.empty());
-  if (code >= 0) EXPECT_EQ(whole.code, code) << whole.error;
+  if (code >= 0) {
+    EXPECT_EQ(whole.code, code) << whole.error;
+  }
   return whole;
 }
 
@@ -87,7 +91,9 @@ void expect_prefix_consistent(Parse parse, std::string_view buf) {
       EXPECT_GT(r.consumed, 0u);
       EXPECT_LE(r.consumed, k);
     }
-    if (r.failed()) EXPECT_FALSE(r.error.empty());
+    if (r.failed()) {
+      EXPECT_FALSE(r.error.empty());
+    }
     if (!settled) {
       if (!r.need_more()) settled = std::move(r);
       continue;
@@ -142,9 +148,8 @@ void fuzz(Parse parse, const std::vector<std::string>& samples, uint32_t seed,
           int iterations = 10000, size_t max_noise = 64) {
   std::mt19937 rng(seed);
   for (int i = 0; i < iterations; ++i) {
-    std::string buf = i % 2 == 0 || samples.empty()
-                          ? random_bytes(rng, max_noise)
-                          : mutate(rng, samples[rng() % samples.size()]);
+    std::string buf = i % 2 == 0 || samples.empty() ? random_bytes(rng, max_noise)
+                                                    : mutate(rng, samples[rng() % samples.size()]);
     expect_prefix_consistent(parse, buf);
     if (::testing::Test::HasFailure()) {
       ADD_FAILURE() << "seed " << seed << ", iteration " << i;

@@ -93,22 +93,22 @@ TEST(HttpRequest, BodyIsNotConsumed) {
 
 TEST(HttpRequest, MalformedRequestLine) {
   for (const char* line : {
-           "GET /\r\n",                // no version
-           "GET\r\n",                  // method only
-           "GET  / HTTP/1.1\r\n",      // double space
-           "GET / HTTP/1.1 \r\n",      // trailing space
-           " GET / HTTP/1.1\r\n",      // leading space
-           "GET\t/\tHTTP/1.1\r\n",     // tabs
-           "GE(T / HTTP/1.1\r\n",      // not a token
-           "GET /a b HTTP/1.1\r\n",    // space in target
-           "GET /\x01 HTTP/1.1\r\n",   // control in target
-           "GET /\xff HTTP/1.1\r\n",   // 8-bit in target
-           "GET / http/1.1\r\n",       // lower-case version
-           "GET / HTTP/1.x\r\n",       // not a digit
-           "GET / HTTP/11\r\n",        // no dot
-           "GET / HTTP/1.1.1\r\n",     // too long
-           "GET / HTTP/1.1\r\r\n",     // stray CR
-           "\x05\x01\x02\n",           // SOCKS bytes
+           "GET /\r\n",               // no version
+           "GET\r\n",                 // method only
+           "GET  / HTTP/1.1\r\n",     // double space
+           "GET / HTTP/1.1 \r\n",     // trailing space
+           " GET / HTTP/1.1\r\n",     // leading space
+           "GET\t/\tHTTP/1.1\r\n",    // tabs
+           "GE(T / HTTP/1.1\r\n",     // not a token
+           "GET /a b HTTP/1.1\r\n",   // space in target
+           "GET /\x01 HTTP/1.1\r\n",  // control in target
+           "GET /\xff HTTP/1.1\r\n",  // 8-bit in target
+           "GET / http/1.1\r\n",      // lower-case version
+           "GET / HTTP/1.x\r\n",      // not a digit
+           "GET / HTTP/11\r\n",       // no dot
+           "GET / HTTP/1.1.1\r\n",    // too long
+           "GET / HTTP/1.1\r\r\n",    // stray CR
+           "\x05\x01\x02\n",          // SOCKS bytes
        }) {
     expect_error(parse_request, line, 400);
     expect_error(parse_request, std::string(line) + "\r\n", 400);
@@ -124,17 +124,17 @@ TEST(HttpRequest, UnsupportedVersion) {
 
 TEST(HttpRequest, BadHeaderLines) {
   for (const char* line : {
-           " folded\r\n",              // obs-fold
-           "\tfolded\r\n",             // obs-fold
-           "NoColon\r\n",              // missing colon
-           ": value\r\n",              // empty name
-           "Name : value\r\n",         // space before colon
-           "Na me: value\r\n",         // space in name
-           "N\x01: value\r\n",         // control in name
-           "Name: a\x01z\r\n",         // control in value
-           "Name: a\x7fz\r\n",         // DEL in value
-           "Name: a\rz\r\n",           // bare CR in value
-           "Name: value\r\r\n",        // stray CR before CRLF
+           " folded\r\n",        // obs-fold
+           "\tfolded\r\n",       // obs-fold
+           "NoColon\r\n",        // missing colon
+           ": value\r\n",        // empty name
+           "Name : value\r\n",   // space before colon
+           "Na me: value\r\n",   // space in name
+           "N\x01: value\r\n",   // control in name
+           "Name: a\x01z\r\n",   // control in value
+           "Name: a\x7fz\r\n",   // DEL in value
+           "Name: a\rz\r\n",     // bare CR in value
+           "Name: value\r\r\n",  // stray CR before CRLF
        }) {
     std::string msg = std::string("GET / HTTP/1.1\r\nHost: x\r\n") + line + "\r\n";
     expect_error(parse_request, msg, 400);
@@ -215,9 +215,18 @@ TEST(HttpResponse, ReasonOptional) {
 
 TEST(HttpResponse, Errors) {
   for (const char* line : {
-           "HTTP/1.1 20 OK",    "HTTP/1.1 2000 OK", "HTTP/1.1 099 X",  "HTTP/1.1 600 X",
-           "HTTP/2 200 OK",     "HTTP/1.1  200 OK", "HTTP/1.1 200OK",  "HTTP/1.1 2x0 OK",
-           "HTTP/1.1 200 O\x01K", "HTTP/1.2 200 OK", "http/1.1 200 OK", "SSH-2.0-OpenSSH",
+           "HTTP/1.1 20 OK",
+           "HTTP/1.1 2000 OK",
+           "HTTP/1.1 099 X",
+           "HTTP/1.1 600 X",
+           "HTTP/2 200 OK",
+           "HTTP/1.1  200 OK",
+           "HTTP/1.1 200OK",
+           "HTTP/1.1 2x0 OK",
+           "HTTP/1.1 200 O\x01K",
+           "HTTP/1.2 200 OK",
+           "http/1.1 200 OK",
+           "SSH-2.0-OpenSSH",
            "HTTP/1.1",
        }) {
     expect_error(parse_response, std::string(line) + "\r\n\r\n", 502);
@@ -250,8 +259,8 @@ TEST(HttpBuild, ResponseParsesBack) {
 }
 
 TEST(HttpBuild, StatusReasons) {
-  for (int status : {200, 400, 401, 403, 404, 405, 407, 408, 411, 413, 414, 415, 431, 500, 501,
-                     502, 503, 504, 505}) {
+  for (int status : {200, 400, 401, 403, 404, 405, 407, 408, 411, 413, 414, 415, 431, 500, 501, 502,
+                     503, 504, 505}) {
     EXPECT_FALSE(status_reason(status).empty()) << status;
   }
   EXPECT_EQ(status_reason(407), "Proxy Authentication Required");
@@ -322,8 +331,13 @@ TEST(HttpHelpers, ContentLengthOverHeaders) {
 TEST(HttpHelpers, Base64Vectors) {
   // RFC 4648 section 10.
   const std::pair<const char*, const char*> vectors[] = {
-      {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},        {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"},
   };
   for (auto [plain, encoded] : vectors) {
     EXPECT_EQ(base64_encode(plain), encoded);
@@ -356,7 +370,9 @@ TEST(HttpHelpers, Base64DecodeNeverCrashes) {
   for (int i = 0; i < 10000; ++i) {
     std::string s(rng() % 12, 'A');
     for (auto& c : s) c = alphabet[rng() % alphabet.size()];
-    if (auto decoded = base64_decode(s)) EXPECT_EQ(base64_encode(*decoded), s);
+    if (auto decoded = base64_decode(s)) {
+      EXPECT_EQ(base64_encode(*decoded), s);
+    }
   }
 }
 
@@ -394,17 +410,19 @@ const std::vector<std::string> kRequestSamples = {
     "\r\nPOST /rpc HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
 };
 
-TEST(HttpFuzz, Request) { test::fuzz(parse_request, kRequestSamples, 80, 10000, 100); }
+TEST(HttpFuzz, Request) {
+  test::fuzz(parse_request, kRequestSamples, 80, 10000, 100);
+}
 
 TEST(HttpFuzz, RequestSmallLimit) {
   test::fuzz(parse_request_max(48), kRequestSamples, 81, 10000, 100);
 }
 
 TEST(HttpFuzz, Response) {
-  test::fuzz(parse_response,
-             {http_connect_established(), http_response(407, {}, {{"A", "b"}}, "x"),
-              "HTTP/1.0 200\n\n"},
-             82, 10000, 100);
+  test::fuzz(
+      parse_response,
+      {http_connect_established(), http_response(407, {}, {{"A", "b"}}, "x"), "HTTP/1.0 200\n\n"},
+      82, 10000, 100);
 }
 
 }  // namespace

@@ -122,9 +122,9 @@ TEST(ProxyUri, BadCredentials) {
 }
 
 TEST(ProxyUri, ErrorsNeverQuoteThePassword) {
-  for (const char* text : {"socks5://u:hunter2@h", "socks5://u:hunter2@h:0",
-                           "socks5://u:hunter2@[zz]:1", "socks4a://u:hunter2@h:1",
-                           "socks5://u:hunter2@h:1/x", "socks5://u:hunter2%zz@h:1"}) {
+  for (const char* text :
+       {"socks5://u:hunter2@h", "socks5://u:hunter2@h:0", "socks5://u:hunter2@[zz]:1",
+        "socks4a://u:hunter2@h:1", "socks5://u:hunter2@h:1/x", "socks5://u:hunter2%zz@h:1"}) {
     auto r = parse_proxy_uri(text);
     EXPECT_FALSE(r.ok()) << text;
     EXPECT_EQ(r.error.find("hunter2"), std::string::npos) << r.error;
@@ -198,7 +198,9 @@ TEST(ProxyUriFuzz, NeverCrashes) {
       EXPECT_FALSE(r.uri.host.empty());
       // The canonical form of a valid URI is valid (credentials aside).
       auto again = parse_proxy_uri(r.uri.to_string());
-      if (!r.uri.has_auth) EXPECT_TRUE(again.ok()) << s << " -> " << r.uri.to_string();
+      if (!r.uri.has_auth) {
+        EXPECT_TRUE(again.ok()) << s << " -> " << r.uri.to_string();
+      }
     } else {
       EXPECT_FALSE(r.error.empty());
     }

@@ -14,7 +14,9 @@ using test::raw;
 auto parse_request = [](Bytes in) { return parse_socks4_request(in); };
 auto parse_reply = [](Bytes in) { return parse_socks4_reply(in); };
 
-std::string to_string(const std::array<uint8_t, 8>& a) { return std::string(a.begin(), a.end()); }
+std::string to_string(const std::array<uint8_t, 8>& a) {
+  return std::string(a.begin(), a.end());
+}
 
 // ---- Server side: requests ----
 
@@ -142,9 +144,9 @@ TEST(Socks4Client, RequestsThatCannotBeExpressed) {
 }
 
 TEST(Socks4Client, RoundTrip) {
-  for (const Address& target : {Address{Ipv4{8, 8, 8, 8}, 53}, Address{Ipv4{0, 0, 0, 0}, 1},
-                                Address{std::string("example.org"), 65535},
-                                Address{std::string(255, 'x'), 1}}) {
+  for (const Address& target :
+       {Address{Ipv4{8, 8, 8, 8}, 53}, Address{Ipv4{0, 0, 0, 0}, 1},
+        Address{std::string("example.org"), 65535}, Address{std::string(255, 'x'), 1}}) {
     for (const std::string& id : std::vector<std::string>{"", "user", std::string(255, 'u')}) {
       auto msg = socks4a_request(target, id);
       ASSERT_FALSE(msg.empty()) << target.to_string();
@@ -182,8 +184,8 @@ TEST(Socks4Fuzz, Request) {
 
 TEST(Socks4Fuzz, RequestNearLimits) {
   test::fuzz(parse_request,
-             {socks4a_request(Address{std::string(255, 'h'), 1}, std::string(255, 'u'))}, 44,
-             300, 600);
+             {socks4a_request(Address{std::string(255, 'h'), 1}, std::string(255, 'u'))}, 44, 300,
+             600);
 }
 
 TEST(Socks4Fuzz, Reply) {

@@ -24,7 +24,9 @@ std::string to_string(const std::array<uint8_t, N>& a) {
   return std::string(a.begin(), a.end());
 }
 
-Address v6_loopback(uint16_t port) { return *parse_address("[::1]:" + std::to_string(port)); }
+Address v6_loopback(uint16_t port) {
+  return *parse_address("[::1]:" + std::to_string(port));
+}
 
 const std::string kV6LoopbackBytes = raw({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1});
 
@@ -160,7 +162,8 @@ TEST(Socks5Request, EmptyDomain) {
 }
 
 TEST(Socks5Request, InvalidDomain) {
-  for (std::string bad : {"a b", "a/b", "a:b", std::string("a\0b", 3), "[::1]"}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"a b", "a/b", "a:b", std::string("a\0b", 3), "[::1]"}) {
     auto msg = raw({5, 1, 0, 3, static_cast<int>(bad.size())}) + bad + raw({0, 80});
     expect_error(parse_request, msg, socks5::kGeneralFailure);
   }

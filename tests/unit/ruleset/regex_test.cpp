@@ -144,7 +144,7 @@ TEST_F(RegexTest, SubjectsAreBytes) {
   EXPECT_EQ(Eval("regex.compile('b'):find('a\\0b')"), "3,3");
   EXPECT_EQ(Eval("regex.compile('c$'):find('a\\0b\\0c')"), "5,5");
   EXPECT_EQ(Eval("regex.compile('\\255+'):find('a\\255\\255b')"), "2,3");
-  EXPECT_EQ(Eval("select(2, regex.compile('a(.*)b'):match('xa\\200\\201by'))"), "\x80\x81");
+  EXPECT_EQ(Eval("select(2, regex.compile('a(.*)b'):match('xa\\x80\\x81by'))"), "\x80\x81");
 }
 
 TEST_F(RegexTest, EreNewlineSemantics) {
@@ -165,7 +165,9 @@ TEST_F(RegexTest, IgnoreCase) {
 TEST_F(RegexTest, Errors) {
   const std::string err = Run("regex.compile('(')");
   EXPECT_NE(err.find("regex.compile: "), std::string::npos) << err;
-  if (pcre2()) EXPECT_NE(err.find("at offset 1"), std::string::npos) << err;
+  if (pcre2()) {
+    EXPECT_NE(err.find("at offset 1"), std::string::npos) << err;
+  }
   EXPECT_NE(Run("regex.compile('a[b')").find("regex.compile: "), std::string::npos);
   EXPECT_NE(Run("regex.compile('a', 'q')").find("unknown flag"), std::string::npos);
   EXPECT_NE(Run("regex.compile()").find("bad argument #1"), std::string::npos);

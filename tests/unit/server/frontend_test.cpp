@@ -151,10 +151,14 @@ TEST(Socks5Frontend, UnknownAddressType) {
 
 TEST(Socks5Frontend, RepliesMapDialErrors) {
   auto fe = make_socks5_frontend({});
-  const std::pair<DialError, int> cases[] = {
-      {DialError::kOk, 0},           {DialError::kGeneral, 1},         {DialError::kNotAllowed, 2},
-      {DialError::kNetUnreachable, 3}, {DialError::kHostUnreachable, 4}, {DialError::kRefused, 5},
-      {DialError::kTimeout, 6},      {DialError::kAddressType, 8}};
+  const std::pair<DialError, int> cases[] = {{DialError::kOk, 0},
+                                             {DialError::kGeneral, 1},
+                                             {DialError::kNotAllowed, 2},
+                                             {DialError::kNetUnreachable, 3},
+                                             {DialError::kHostUnreachable, 4},
+                                             {DialError::kRefused, 5},
+                                             {DialError::kTimeout, 6},
+                                             {DialError::kAddressType, 8}};
   for (auto [err, rep] : cases) {
     std::string r = fe->reply(err);
     ASSERT_EQ(r.size(), 10u);
@@ -181,9 +185,8 @@ TEST(HttpFrontend, Connect) {
 
 TEST(HttpFrontend, Credentials) {
   auto fe = make_http_frontend({.auth_required = true});
-  Step s = fe->feed(proto::to_bytes(
-      "CONNECT [::1]:80 HTTP/1.1\r\nProxy-Authorization: Basic " + proto::base64_encode("u:p") +
-      "\r\n\r\n"));
+  Step s = fe->feed(proto::to_bytes("CONNECT [::1]:80 HTTP/1.1\r\nProxy-Authorization: Basic " +
+                                    proto::base64_encode("u:p") + "\r\n\r\n"));
   ASSERT_EQ(s.status, Step::kRequest);
   EXPECT_EQ(s.request.target.to_string(), "[::1]:80");
   EXPECT_EQ(s.request.username, "u");
@@ -200,7 +203,8 @@ TEST(HttpFrontend, AuthRequired407) {
 
 TEST(HttpFrontend, PlainRequestGets405) {
   auto fe = make_http_frontend({});
-  Step s = fe->feed(proto::to_bytes("GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\n\r\n"));
+  Step s =
+      fe->feed(proto::to_bytes("GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\n\r\n"));
   ASSERT_EQ(s.status, Step::kFail);
   EXPECT_EQ(s.out.rfind("HTTP/1.1 405 ", 0), 0u) << s.out;
   EXPECT_NE(s.out.find("Allow: CONNECT"), std::string::npos);

@@ -1,0 +1,275 @@
+#include "api/http_util.hpp"
+
+#include <algorithm>
+
+namespace rs::api {
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+char lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+std::string to_lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = lower(c);
+  return out;
+}
+
+bool is_ows(char c) {
+  return c == ' ' || c == '\t';
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_ows(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// tchar (RFC 9110 section 5.6.2).
+bool is_tchar(char c) {
+  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Reads a token from the front of `s`; empty when there is none.
+std::string_view take_token(std::string_view& s) {
+  size_t n = 0;
+  while (n < s.size() && is_tchar(s[n])) ++n;
+  std::string_view tok = s.substr(0, n);
+  s.remove_prefix(n);
+  return tok;
+}
+
+void skip_ows(std::string_view& s) {
+  while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
+}
+
+// Reads a quoted-string (opening quote at the front); nullopt if unterminated.
+std::optional<std::string> take_quoted(std::string_view& s) {
+  std::string out;
+  size_t i = 1;
+  while (i < s.size()) {
+    char c = s[i];
+    if (c == '"') {
+      s.remove_prefix(i + 1);
+      return out;
+    }
+    if (c == '\\') {
+      if (i + 1 >= s.size()) return std::nullopt;
+      c = s[++i];
+    }
+    if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return std::nullopt;
+    out.push_back(c);
+    ++i;
+  }
+  return std::nullopt;
+}
+
+// Splits a comma-separated list, calling fn(element) on each trimmed,
+// non-empty element.
+template <class Fn>
+void for_each_element(const proto::HttpHeaders& headers, std::string_view name, Fn&& fn) {
+  for (const auto& [field, value] : headers) {
+    if (!proto::iequals(field, name)) continue;
+    std::string_view rest = value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view elem = trim(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      if (!elem.empty()) fn(elem);
+    }
+  }
+}
+
+}  // namespace
+
+std::optional<std::string> percent_decode(std::string_view s, bool plus_as_space) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '%') {
+      if (i + 2 >= s.size()) return std::nullopt;
+      int hi = hex_value(s[i + 1]), lo = hex_value(s[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      out.push_back(static_cast<char>(hi << 4 | lo));
+      i += 2;
+    } else if (c == '+' && plus_as_space) {
+      out.push_back(' ');
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+Target split_target(std::string_view target) {
+  if (size_t scheme = target.find("://");
+      scheme != std::string_view::npos && target.find('/') > scheme) {
+    size_t slash = target.find('/', scheme + 3);
+    size_t qmark = target.find('?', scheme + 3);
+    size_t start = std::min(slash, qmark);
+    target = start == std::string_view::npos ? std::string_view{} : target.substr(start);
+  }
+  if (size_t hash = target.find('#'); hash != std::string_view::npos)
+    target = target.substr(0, hash);
+  Target t;
+  size_t q = target.find('?');
+  t.path = target.substr(0, q);
+  if (q != std::string_view::npos) t.query = target.substr(q + 1);
+  if (t.path.empty()) t.path = "/";
+  return t;
+}
+
+std::optional<Query> parse_query(std::string_view query) {
+  Query out;
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view comp = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (comp.empty()) continue;
+    size_t eq = comp.find('=');
+    auto key = percent_decode(comp.substr(0, eq), true);
+    auto value = percent_decode(
+        eq == std::string_view::npos ? std::string_view{} : comp.substr(eq + 1), true);
+    if (!key || !value) return std::nullopt;
+    out.emplace_back(std::move(*key), std::move(*value));
+  }
+  return out;
+}
+
+std::optional<std::string_view> query_get(const Query& query, std::string_view key) {
+  for (const auto& [k, v] : query)
+    if (k == key) return std::string_view(v);
+  return std::nullopt;
+}
+
+bool parse_flag(std::string_view value) {
+  std::string v = to_lower(value);
+  return v == "1" || v == "y" || v == "yes" || v == "on" || v == "t" || v == "true";
+}
+
+std::optional<std::string_view> MediaType::param(std::string_view name) const {
+  for (const auto& [k, v] : params)
+    if (proto::iequals(k, name)) return std::string_view(v);
+  return std::nullopt;
+}
+
+std::optional<MediaType> parse_media_type(std::string_view s) {
+  MediaType mt;
+  skip_ows(s);
+  std::string_view type = take_token(s);
+  if (type.empty() || s.empty() || s.front() != '/') return std::nullopt;
+  s.remove_prefix(1);
+  std::string_view subtype = take_token(s);
+  if (subtype.empty()) return std::nullopt;
+  mt.type = to_lower(type);
+  mt.subtype = to_lower(subtype);
+  for (;;) {
+    skip_ows(s);
+    if (s.empty()) return mt;
+    if (s.front() != ';') return std::nullopt;
+    s.remove_prefix(1);
+    skip_ows(s);
+    if (s.empty() || s.front() == ';') continue;  // empty parameter
+    std::string_view name = take_token(s);
+    if (name.empty() || s.empty() || s.front() != '=') return std::nullopt;
+    s.remove_prefix(1);
+    std::string value;
+    if (!s.empty() && s.front() == '"') {
+      auto q = take_quoted(s);
+      if (!q) return std::nullopt;
+      value = std::move(*q);
+    } else {
+      std::string_view tok = take_token(s);
+      if (tok.empty()) return std::nullopt;
+      value = tok;
+    }
+    mt.params.emplace_back(to_lower(name), std::move(value));
+  }
+}
+
+std::string check_rpc_media_type(std::optional<std::string_view> content_type) {
+  if (!content_type) return "missing Content-Type, expected " + std::string(kRpcMediaType);
+  auto mt = parse_media_type(*content_type);
+  if (!mt) return "malformed Content-Type \"" + std::string(*content_type) + "\"";
+  if (mt->type != "application" || mt->subtype != "x-neosocksd-rpc")
+    return "unsupported Content-Type " + mt->type + "/" + mt->subtype + ", expected " +
+           std::string(kRpcMediaType);
+  auto version = mt->param("version");
+  if (!version) return "missing RPC version, expected " + std::string(kRpcMediaType);
+  if (*version != "1") return "unsupported RPC version \"" + std::string(*version) + "\"";
+  return {};
+}
+
+bool has_token(const proto::HttpHeaders& headers, std::string_view name, std::string_view token) {
+  bool found = false;
+  for_each_element(headers, name, [&](std::string_view elem) {
+    if (proto::iequals(trim(elem.substr(0, elem.find(';'))), token)) found = true;
+  });
+  return found;
+}
+
+bool accepts_encoding(const proto::HttpHeaders& headers, std::string_view coding) {
+  std::optional<bool> exact, wildcard;
+  for_each_element(headers, "Accept-Encoding", [&](std::string_view elem) {
+    size_t semi = elem.find(';');
+    std::string_view name = trim(elem.substr(0, semi));
+    bool acceptable = true;
+    std::string_view params =
+        semi == std::string_view::npos ? std::string_view{} : elem.substr(semi);
+    while (!params.empty()) {
+      params.remove_prefix(1);  // ';'
+      size_t next = params.find(';');
+      std::string_view p = trim(params.substr(0, next));
+      params = next == std::string_view::npos ? std::string_view{} : params.substr(next);
+      if (p.size() >= 2 && lower(p[0]) == 'q' && p[1] == '=') {
+        // q=0, q=0.0, q=0.000 all mean "not acceptable".
+        std::string_view v = p.substr(2);
+        bool zero = !v.empty() && v[0] == '0';
+        for (size_t i = 1; zero && i < v.size(); ++i) zero = v[i] == '.' || v[i] == '0';
+        acceptable = !zero;
+      }
+    }
+    if (proto::iequals(name, coding))
+      exact = acceptable;
+    else if (name == "*")
+      wildcard = acceptable;
+  });
+  if (exact) return *exact;
+  return wildcard.value_or(false);
+}
+
+std::vector<std::string> header_list(const proto::HttpHeaders& headers, std::string_view name) {
+  std::vector<std::string> out;
+  for_each_element(headers, name, [&](std::string_view elem) { out.push_back(to_lower(elem)); });
+  return out;
+}
+
+}  // namespace rs::api

@@ -1,0 +1,367 @@
+#include "api/rpc_client.hpp"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+
+#include "api/chunked.hpp"
+#include "api/http_util.hpp"
+#include "core/log.hpp"
+#include "proto/address.hpp"
+#include "proto/http.hpp"
+#include "proto/proxy_uri.hpp"
+#include "ruleset/lib/codec.hpp"
+
+namespace rs::api {
+namespace {
+
+constexpr size_t kReadChunk = 64 * 1024;
+// Longest piece of an error reply quoted in the error message.
+constexpr size_t kMaxErrorText = 512;
+
+std::string summarize(std::string_view text, std::string_view fallback) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+    text.remove_suffix(1);
+  if (text.empty()) return std::string(fallback);
+  if (text.size() > kMaxErrorText) return std::string(text.substr(0, kMaxErrorText)) + "...";
+  return std::string(text);
+}
+
+// One call. It lives on the heap and owns itself: the Handle given to the
+// caller only asks it to go away (release), which it does at once unless its
+// result is being delivered; then deliver() deletes it afterwards.
+//
+// The result is delivered from an ev_once() callback, which belongs to no
+// watcher of ours, so the caller may destroy the handle inside its callback.
+class RpcCall {
+ public:
+  RpcCall(ev::Loop* loop, net::Resolver* resolver, const net::DialOptions& opts, RpcCallback cb)
+      : loop_(loop),
+        resolver_(resolver),
+        opts_(opts),
+        cb_(std::move(cb)),
+        io_(loop, [this](int revents) { on_io(revents); }),
+        timer_(loop, [this](int) { finish(false, fmt::format("rpc {}: timed out", addr_)); }) {}
+  RpcCall(const RpcCall&) = delete;
+  RpcCall& operator=(const RpcCall&) = delete;
+
+  void start(std::string code, std::string addr, std::vector<std::string> chain_uris);
+  // The handle is gone: no callback from now on.
+  void release() {
+    released_ = true;
+    cb_ = nullptr;
+    if (!delivering_) delete this;
+  }
+
+ private:
+  enum class BodyMode { kLength, kChunked, kEof };
+
+  void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
+  void on_io(int revents);
+  void send_some();
+  void receive();
+  void process(bool eof);
+  bool read_head(bool eof);
+  void complete();
+  void finish(bool ok, std::string msg);
+  static void deliver(int revents, void* arg);
+
+  ev::Loop* loop_;
+  net::Resolver* resolver_;
+  net::DialOptions opts_;  // the Dialer keeps a reference to it
+  RpcCallback cb_;
+  std::unique_ptr<net::Dialer> dialer_;
+  UniqueFd fd_;
+  ev::Io io_;
+  ev::Timer timer_;
+  std::string addr_;
+
+  std::string out_;
+  size_t out_pos_ = 0;
+  std::string in_;
+  bool have_head_ = false;
+  proto::HttpResponseHead head_;
+  BodyMode mode_ = BodyMode::kEof;
+  size_t length_ = 0;
+  ChunkedDecoder chunked_;
+  std::string body_;
+
+  bool in_dial_callback_ = false;
+  bool finished_ = false;    // the result is known
+  bool delivering_ = false;  // deliver() is scheduled or running
+  bool released_ = false;
+  bool result_ok_ = false;
+  std::string result_;
+};
+
+class Handle final : public Cancellable {
+ public:
+  explicit Handle(RpcCall* call) : call_(call) {}
+  ~Handle() override { call_->release(); }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+
+ private:
+  RpcCall* call_;
+};
+
+void RpcCall::start(std::string code, std::string addr, std::vector<std::string> chain_uris) {
+  addr_ = std::move(addr);
+  timer_.start(opts_.timeout);
+  auto target = proto::parse_address(addr_);
+  if (!target) {
+    finish(false, fmt::format("rpc: invalid address \"{}\"", addr_));
+    return;
+  }
+  std::vector<proto::ProxyUri> chain;
+  for (const auto& text : chain_uris) {
+    auto parsed = proto::parse_proxy_uri(text);
+    if (!parsed.ok()) {
+      finish(false, fmt::format("rpc: invalid proxy \"{}\": {}", text, parsed.error));
+      return;
+    }
+    chain.push_back(std::move(parsed.uri));
+  }
+  const proto::Address first = chain.empty() ? *target : chain.front().address();
+  if (resolver_ == nullptr && first.is_domain()) {
+    finish(false, fmt::format("rpc: cannot resolve {}: no resolver", first.host_string()));
+    return;
+  }
+
+  std::string body = std::move(code);
+  bool deflated = false;
+  if (body.size() > kRpcCompressMin) {
+    std::string z = ruleset::deflate_body(body, ruleset::Format::kZlib);
+    if (z.size() < body.size()) {
+      body = std::move(z);
+      deflated = true;
+    }
+  }
+  out_ = fmt::format(
+      "POST /ruleset/rpcall HTTP/1.1\r\n"
+      "Host: {}\r\n"
+      "Content-Type: {}\r\n"
+      "Accept-Encoding: deflate\r\n"
+      "{}"
+      "Content-Length: {}\r\n"
+      "Connection: close\r\n"
+      "\r\n",
+      addr_, kRpcMediaType, deflated ? "Content-Encoding: deflate\r\n" : "", body.size());
+  out_ += body;
+
+  dialer_ = std::make_unique<net::Dialer>(loop_, resolver_, opts_);
+  dialer_->start(std::move(*target), std::move(chain), nullptr,
+                 [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                   in_dial_callback_ = true;
+                   on_dialed(std::move(fd), err, msg);
+                   in_dial_callback_ = false;
+                 });
+}
+
+void RpcCall::on_dialed(UniqueFd fd, net::DialError err, const std::string& msg) {
+  if (finished_) return;
+  if (err != net::DialError::kOk) {
+    finish(false, fmt::format("rpc: dial {}: {}", addr_, msg.empty() ? to_string(err) : msg));
+    return;
+  }
+  fd_ = std::move(fd);
+  io_.set(fd_.get(), EV_WRITE);
+  io_.start();
+}
+
+void RpcCall::on_io(int revents) {
+  if (finished_) return;
+  if (revents & EV_WRITE) send_some();
+  if (!finished_ && (revents & EV_READ)) receive();
+}
+
+void RpcCall::send_some() {
+  while (out_pos_ < out_.size()) {
+    ssize_t n = ::send(fd_.get(), out_.data() + out_pos_, out_.size() - out_pos_, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      finish(false, fmt::format("rpc {}: send: {}", addr_, std::strerror(errno)));
+      return;
+    }
+    out_pos_ += static_cast<size_t>(n);
+  }
+  out_.clear();
+  out_.shrink_to_fit();
+  io_.modify(EV_READ);
+}
+
+void RpcCall::receive() {
+  char buf[kReadChunk];
+  ssize_t n = ::recv(fd_.get(), buf, sizeof buf, 0);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+    finish(false, fmt::format("rpc {}: recv: {}", addr_, std::strerror(errno)));
+    return;
+  }
+  if (n > 0) in_.append(buf, static_cast<size_t>(n));
+  process(n == 0);
+}
+
+// Reads the response head, skipping interim 1xx responses. Returns false
+// while it is incomplete or after failing.
+bool RpcCall::read_head(bool eof) {
+  for (;;) {
+    auto parsed = proto::parse_http_response(proto::to_bytes(in_));
+    if (parsed.need_more()) {
+      if (eof) {
+        finish(false, in_.empty()
+                          ? fmt::format("rpc {}: connection closed without a response", addr_)
+                          : fmt::format("rpc {}: truncated response head", addr_));
+      }
+      return false;
+    }
+    if (parsed.failed()) {
+      finish(false, fmt::format("rpc {}: malformed response: {}", addr_, parsed.error));
+      return false;
+    }
+    in_.erase(0, parsed.consumed);
+    if (parsed.value.status >= 100 && parsed.value.status < 200) continue;
+    head_ = std::move(parsed.value);
+    have_head_ = true;
+    break;
+  }
+  auto length = proto::content_length(head_.headers);
+  auto codings = header_list(head_.headers, "Transfer-Encoding");
+  if (!codings.empty()) {
+    if (codings.size() != 1 || codings[0] != "chunked") {
+      finish(false, fmt::format("rpc {}: unsupported Transfer-Encoding", addr_));
+      return false;
+    }
+    mode_ = BodyMode::kChunked;
+  } else if (!length.valid) {
+    finish(false, fmt::format("rpc {}: malformed Content-Length", addr_));
+    return false;
+  } else if (length.length) {
+    if (*length.length > kMaxBody) {
+      finish(false, fmt::format("rpc {}: response exceeds {} bytes", addr_, kMaxBody));
+      return false;
+    }
+    mode_ = BodyMode::kLength;
+    length_ = static_cast<size_t>(*length.length);
+  } else {
+    mode_ = BodyMode::kEof;
+  }
+  return true;
+}
+
+void RpcCall::process(bool eof) {
+  if (!have_head_ && !read_head(eof)) return;
+  switch (mode_) {
+    case BodyMode::kLength:
+      if (in_.size() >= length_) {
+        body_.assign(in_, 0, length_);
+        complete();
+      } else if (eof) {
+        finish(false, fmt::format("rpc {}: connection closed mid-response", addr_));
+      }
+      return;
+    case BodyMode::kChunked: {
+      size_t used = 0;
+      auto status = chunked_.feed(in_, used, body_, kMaxBody);
+      in_.erase(0, used);
+      switch (status) {
+        case ChunkedDecoder::Status::kDone:
+          complete();
+          return;
+        case ChunkedDecoder::Status::kNeedMore:
+          if (eof) finish(false, fmt::format("rpc {}: connection closed mid-response", addr_));
+          return;
+        case ChunkedDecoder::Status::kError:
+          finish(false, fmt::format("rpc {}: {}", addr_, chunked_.error()));
+          return;
+        case ChunkedDecoder::Status::kTooLarge:
+          finish(false, fmt::format("rpc {}: response exceeds {} bytes", addr_, kMaxBody));
+          return;
+      }
+      return;
+    }
+    case BodyMode::kEof:
+      if (in_.size() > kMaxBody) {
+        finish(false, fmt::format("rpc {}: response exceeds {} bytes", addr_, kMaxBody));
+      } else if (eof) {
+        body_ = std::move(in_);
+        in_.clear();
+        complete();
+      }
+      return;
+  }
+}
+
+void RpcCall::complete() {
+  auto codings = header_list(head_.headers, "Content-Encoding");
+  std::erase(codings, "identity");
+  if (!codings.empty()) {
+    std::optional<ruleset::Format> format;
+    if (codings.size() == 1 && codings[0] == "deflate") format = ruleset::Format::kAuto;
+    if (codings.size() == 1 && (codings[0] == "gzip" || codings[0] == "x-gzip"))
+      format = ruleset::Format::kGzip;
+    if (!format) {
+      finish(false, fmt::format("rpc {}: unsupported Content-Encoding", addr_));
+      return;
+    }
+    std::string err;
+    auto decoded = ruleset::inflate_body(body_, *format, kMaxBody, &err);
+    if (!decoded) {
+      finish(false, fmt::format("rpc {}: corrupt {} response: {}", addr_, codings[0], err));
+      return;
+    }
+    body_ = std::move(*decoded);
+  }
+  if (head_.status == 200) {
+    finish(true, std::move(body_));
+    return;
+  }
+  finish(false,
+         fmt::format("HTTP {}: {}", head_.status,
+                     summarize(body_, head_.reason.empty() ? "(no reason given)" : head_.reason)));
+}
+
+void RpcCall::finish(bool ok, std::string msg) {
+  if (finished_) return;
+  finished_ = true;
+  io_.stop();
+  timer_.stop();
+  fd_.reset();
+  // A dial still in progress (timeout) is cancelled now; a Dialer whose
+  // callback is running is left for the destructor.
+  if (!in_dial_callback_) dialer_.reset();
+  if (!ok) log::debug("{}", msg);
+  result_ok_ = ok;
+  result_ = std::move(msg);
+  delivering_ = true;
+  ev_once(loop_, -1, 0, 0., &RpcCall::deliver, this);
+}
+
+void RpcCall::deliver(int, void* arg) {
+  auto* self = static_cast<RpcCall*>(arg);
+  if (!self->released_) {
+    // Moved out: the callback may release (and so destroy) the call.
+    RpcCallback cb = std::move(self->cb_);
+    self->cb_ = nullptr;
+    if (cb) cb(self->result_ok_, std::move(self->result_));
+  }
+  self->delivering_ = false;
+  if (self->released_) delete self;
+}
+
+}  // namespace
+
+std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
+                                      const net::DialOptions& opts, std::string code,
+                                      std::string addr, std::vector<std::string> chain_uris,
+                                      RpcCallback cb) {
+  auto* call = new RpcCall(loop, resolver, opts, std::move(cb));
+  auto handle = std::make_unique<Handle>(call);
+  call->start(std::move(code), std::move(addr), std::move(chain_uris));
+  return handle;
+}
+
+}  // namespace rs::api

@@ -1,0 +1,46 @@
+// The client side of neosocksd's RPC (await.invoke, neosocksd.invoke): POST a
+// Lua chunk to another node's /ruleset/rpcall, through a proxy chain, and hand
+// back the reply body (`return <marshal(ok, ...)>`).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/cancellable.hpp"
+#include "core/loop.hpp"
+#include "net/dialer.hpp"
+#include "net/resolver.hpp"
+
+namespace rs::api {
+
+// ok: body is the reply body, inflated. !ok: body is an error message, e.g.
+// "dial 10.0.0.1:9080: connection refused" or "HTTP 500: <reply text>".
+using RpcCallback = std::function<void(bool ok, std::string body_or_error)>;
+
+// Requests with a body larger than this are sent deflated.
+inline constexpr size_t kRpcCompressMin = 256;
+
+// Dials `addr` ("host:port") through `chain_uris` (proxy URIs, first hop
+// first), sends
+//   POST /ruleset/rpcall HTTP/1.1
+//   Host: <addr>
+//   Content-Type: application/x-neosocksd-rpc; version=1
+//   Accept-Encoding: deflate
+//   Connection: close
+// with `code` as the body, and reads one response (Content-Length, chunked or
+// up to EOF; deflate or gzip; at most 4 MiB). 200 is success; any other status
+// is an error carrying the reply's text. `opts.timeout` bounds the whole call.
+//
+// `cb` runs exactly once, always later from the loop (never inside rpc_call),
+// unless the returned handle is destroyed first: that cancels the call
+// silently. The handle may be destroyed inside `cb`. `loop` and `resolver`
+// must outlive the call; `resolver` may be null when addr and the first hop
+// are numeric; `opts` is copied.
+std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
+                                      const net::DialOptions& opts, std::string code,
+                                      std::string addr, std::vector<std::string> chain_uris,
+                                      RpcCallback cb);
+
+}  // namespace rs::api

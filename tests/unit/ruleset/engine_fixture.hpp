@@ -1,0 +1,166 @@
+// Shared fixture for the Engine tests: a real default loop, a c-ares resolver,
+// and a fake Host whose RPC loops back into the same Engine (through the loop,
+// as a real network call would).
+#pragma once
+
+#include <ev.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <lua.hpp>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/loop.hpp"
+#include "net/resolver.hpp"
+#include "ruleset/engine.hpp"
+
+namespace rs::ruleset::testing {
+
+class FakeHost : public Host {
+ public:
+  explicit FakeHost(ev::Loop* loop) : deferred_(loop) {}
+
+  Engine* engine = nullptr;  // RPC target
+  int invokes = 0;
+  std::string last_addr;
+  std::vector<std::string> last_chain;
+  // test_done(ok, msg) from a Lua test script.
+  bool done = false;
+  bool done_ok = false;
+  std::string done_msg;
+
+  void on_open(lua_State* L) override {
+    lua_pushlightuserdata(L, this);
+    lua_pushcclosure(L, test_done, 1);
+    lua_setglobal(L, "test_done");
+  }
+  void push_config(lua_State* L) override {
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, 4);
+    lua_setfield(L, -2, "loglevel");
+    lua_pushliteral(L, "loopback:1");
+    lua_setfield(L, -2, "restapi");
+  }
+  void push_stats(lua_State* L) override {
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, 42);
+    lua_setfield(L, -2, "num_sessions");
+  }
+
+  // "fail:1" fails; anything else runs the code via engine->rpcall.
+  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
+                                      std::vector<std::string> chain,
+                                      std::function<void(bool, std::string)> cb) override {
+    ++invokes;
+    last_addr = addr;
+    last_chain = chain;
+    auto call = std::make_unique<Call>();
+    auto alive = call->alive;
+    Call* raw = call.get();
+    deferred_.post([this, alive, raw, code = std::move(code), addr = std::move(addr),
+                    cb = std::move(cb)]() mutable {
+      if (!*alive) return;
+      if (addr == "fail:1" || engine == nullptr) {
+        cb(false, "connection refused");
+        return;
+      }
+      raw->inner = engine->rpcall(code, [alive, cb](std::string body) {
+        if (*alive) cb(true, std::move(body));
+      });
+    });
+    return call;
+  }
+
+ private:
+  struct Call : Cancellable {
+    std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+    std::unique_ptr<Cancellable> inner;
+    ~Call() override { *alive = false; }
+  };
+  static int test_done(lua_State* L) {
+    auto* self = static_cast<FakeHost*>(lua_touserdata(L, lua_upvalueindex(1)));
+    self->done = true;
+    self->done_ok = lua_toboolean(L, 1);
+    const char* msg = lua_tostring(L, 2);
+    self->done_msg = msg != nullptr ? msg : "";
+    return 0;
+  }
+  ev::Deferred deferred_;
+};
+
+struct RouteResult {
+  bool called = false;
+  std::optional<Decision> decision;
+  std::string error;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  EngineTest() : loop_(ev_default_loop(0)), host_(loop_) {}
+  ~EngineTest() override {
+    engine_.reset();
+    resolver_.reset();
+  }
+
+  void make(EngineOptions opts = {}, bool with_resolver = true) {
+    engine_.reset();
+    // Timers count from ev_now(), stale after other suites ran without the loop.
+    ev_now_update(loop_);
+    if (with_resolver && !resolver_)
+      resolver_ = std::make_unique<net::Resolver>(loop_, net::ResolverOptions{});
+    engine_ = std::make_unique<Engine>(loop_, with_resolver ? resolver_.get() : nullptr, &host_,
+                                       std::move(opts));
+    host_.engine = engine_.get();
+  }
+
+  void load(const std::string& lua) {
+    std::string err;
+    ASSERT_TRUE(engine_->update(lua, "=test", &err)) << err;
+  }
+
+  // Runs the loop until pred() holds or `timeout` seconds pass (watchdog).
+  bool run_until(const std::function<bool()>& pred, double timeout = 10) {
+    ev::Timer wake(loop_, [](int) {});
+    wake.start(0.005, 0.005);  // ev_run(ONCE) returns at least this often
+    const double deadline = ev_time() + timeout;
+    while (!pred()) {
+      if (ev_time() > deadline) return false;
+      ev_run(loop_, EVRUN_ONCE);
+    }
+    return true;
+  }
+  // Runs the loop for `seconds`.
+  void run_for(double seconds) {
+    const double until = ev_time() + seconds;
+    run_until([&] { return ev_time() >= until; }, seconds + 1);
+  }
+
+  std::unique_ptr<Cancellable> start_route(RouteResult& r, std::string addr,
+                                           Request::Kind kind = Request::Kind::kResolve,
+                                           std::optional<std::string> user = std::nullopt,
+                                           std::optional<std::string> pass = std::nullopt) {
+    Request req{kind, std::move(addr), std::move(user), std::move(pass)};
+    return engine_->route(std::move(req), [&r](std::optional<Decision> d, std::string err) {
+      r.called = true;
+      r.decision = std::move(d);
+      r.error = std::move(err);
+    });
+  }
+  RouteResult route(std::string addr, Request::Kind kind = Request::Kind::kResolve) {
+    RouteResult r;
+    auto handle = start_route(r, std::move(addr), kind);
+    EXPECT_FALSE(r.called) << "callback ran inside route()";
+    EXPECT_TRUE(run_until([&] { return r.called; }));
+    return r;
+  }
+
+  ev::Loop* loop_;
+  FakeHost host_;
+  std::unique_ptr<net::Resolver> resolver_;
+  std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace rs::ruleset::testing
