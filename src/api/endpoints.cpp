@@ -21,12 +21,11 @@ ApiResponse method_not_allowed(std::string_view method, std::string_view path,
   return r;
 }
 
-// A label padded like neosocksd's stats lines: "Label               : value".
+}  // namespace
+
 void add_line(std::string& out, std::string_view label, std::string_view value) {
   out += fmt::format("{:<20}: {}\n", label, value);
 }
-
-}  // namespace
 
 ApiResponse text_response(int status, std::string_view message) {
   ApiResponse r;

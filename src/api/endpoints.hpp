@@ -38,6 +38,8 @@ ApiResponse text_response(int status, std::string_view message);
 
 // "1.5 KiB", "12.0 MiB" (IEC units, one decimal).
 std::string format_bytes(double bytes);
+// Appends a /stats line padded like neosocksd's: "Label               : value".
+void add_line(std::string& out, std::string_view label, std::string_view value);
 // "3d 04:05:06", "00:00:07".
 std::string format_duration(double seconds);
 

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "core/log.hpp"
+#include "server/control.hpp"
 #include "server/listener.hpp"
 #include "server/session.hpp"
 
@@ -54,7 +55,10 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     forward_ = proto::parse_address(cfg.forward);
     if (!forward_) throw std::runtime_error("bad forward address \"" + cfg.forward + "\"");
   }
-  if (!cfg.api.empty()) protected_.push_back(parse_listen(cfg.api));
+  std::optional<net::SockAddr> api;
+  if (!cfg.api.empty()) api = parse_listen(cfg.api);
+  control_ = std::make_unique<Control>(*this, api);
+  if (auto bound = control_->api_address()) protected_.push_back(*bound);
 
   auto add = [&](const std::string& text, ListenerKind kind) {
     listeners_.push_back(
@@ -82,9 +86,14 @@ void Server::shutdown() {
   if (stopping_) return;
   stopping_ = true;
   for (auto& l : listeners_) l->stop();
+  control_->stop();
   // close() only queues the removal; drain runs it.
   for (auto& s : sessions_) s->close();
   deferred_.drain();
+}
+
+ruleset::Engine* Server::engine() {
+  return control_->engine();
 }
 
 bool Server::admit() {

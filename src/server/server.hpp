@@ -25,6 +25,7 @@ class Engine;
 
 namespace rs::server {
 
+class Control;
 class Listener;
 class Session;
 
@@ -54,7 +55,8 @@ class Server {
   ev::Loop* loop() const { return loop_; }
   const Config& config() const { return cfg_; }
   net::Resolver& resolver() { return *resolver_; }
-  ruleset::Engine* engine() { return engine_; }
+  // The ruleset engine, or nullptr without -r.
+  ruleset::Engine* engine();
   ev::Deferred& deferred() { return deferred_; }
   Stats& stats() { return stats_; }
   const net::DialOptions& dial_options() const { return dial_; }
@@ -72,7 +74,6 @@ class Server {
   const Config& cfg_;
   ev::Deferred deferred_;
   std::unique_ptr<net::Resolver> resolver_;
-  ruleset::Engine* engine_ = nullptr;  // TODO(issue 4): owned engine
   net::DialOptions dial_;
   net::RelayOptions relay_;
   FrontendOptions frontend_;
@@ -81,6 +82,7 @@ class Server {
   std::vector<net::SockAddr> protected_;
   Stats stats_;
   double start_time_;
+  std::unique_ptr<Control> control_;  // ruleset engine and API; before the sessions that use it
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::list<std::unique_ptr<Session>> sessions_;
   bool stopping_ = false;

@@ -2,10 +2,12 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "core/log.hpp"
+#include "ruleset/engine.hpp"
 #include "server/server.hpp"
 
 namespace rs::server {
@@ -21,7 +23,8 @@ Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, Listene
       kind_(kind),
       io_(server.loop(), [this](int) { on_readable(); }),
       timer_(server.loop(), [this](int) { on_timeout(); }) {
-  ++server_.stats().sessions;
+  auto& st = server_.stats();
+  st.sessions_peak = std::max(st.sessions_peak, ++st.sessions);
   ++server_.stats().halfopen;
 }
 
@@ -117,18 +120,57 @@ void Session::handle(Step step) {
 }
 
 void Session::route() {
-  // TODO(issue 4): ruleset decision.
-  dial(request_.target, server_.proxy_chain(), false);
+  ruleset::Engine* engine = server_.engine();
+  if (engine == nullptr) {
+    dial(request_.target, server_.proxy_chain(), false);
+    return;
+  }
+  state_ = State::kRouting;
+  const auto& t = request_.target;
+  ruleset::Request req;
+  req.kind = t.is_ipv4()   ? ruleset::Request::Kind::kRoute
+             : t.is_ipv6() ? ruleset::Request::Kind::kRoute6
+                           : ruleset::Request::Kind::kResolve;
+  req.addr = target_text_;
+  req.username = request_.username;
+  req.password = request_.password;
+  routing_ =
+      engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {
+        on_routed(std::move(d), why);
+      });
 }
 
-void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool by_ruleset) {
+void Session::on_routed(std::optional<ruleset::Decision> d, const std::string& why) {
+  server_.deferred().dispose(std::move(routing_));
+  if (state_ != State::kRouting) return;
+  if (!d) {
+    reject(net::DialError::kNotAllowed, why);
+    return;
+  }
+  // The engine has validated the address and every URI. The -x chain is this
+  // node's way out, so the ruleset's hops follow it.
+  auto target = proto::parse_address(d->addr);
+  std::vector<proto::ProxyUri> chain = server_.proxy_chain();
+  for (const auto& uri : d->chain) chain.push_back(proto::parse_proxy_uri(uri).uri);
+  if (!target) {
+    reject(net::DialError::kGeneral, "bad ruleset result: " + d->addr);
+    return;
+  }
+  // Only a target the ruleset rewrote may reach the API (neosocksd's
+  // api.neosocksd.internal convention); one it passed through may not.
+  const bool rewritten = d->addr != target_text_;
+  if (rewritten) target_text_ += " via " + d->addr;
+  dial(std::move(*target), std::move(chain), rewritten);
+}
+
+void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api) {
   state_ = State::kDialing;
   log::debug("{}: dialing {}", peer_.to_string(), target.to_string());
   dialer_ =
       std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
   // The API runs arbitrary Lua: never let a client reach it through the proxy
   // unless a ruleset routes it there on purpose.
-  const auto* deny = by_ruleset ? nullptr : &server_.protected_addresses();
+  const auto* deny = may_reach_api ? nullptr : &server_.protected_addresses();
   dialer_->start(std::move(target), std::move(chain), deny,
                  [this](UniqueFd fd, net::DialError err, const std::string& msg) {
                    on_dialed(std::move(fd), err, msg);

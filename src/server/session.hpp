@@ -5,6 +5,7 @@
 
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/cancellable.hpp"
@@ -13,6 +14,7 @@
 #include "net/dialer.hpp"
 #include "net/relay.hpp"
 #include "net/sockaddr.hpp"
+#include "ruleset/engine.hpp"
 #include "server/frontend.hpp"
 
 namespace rs::server {
@@ -39,7 +41,8 @@ class Session {
   void on_timeout();
   void handle(Step step);
   void route();
-  void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool by_ruleset);
+  void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
+  void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
   void on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg);
   void reject(net::DialError err, const std::string& why);
   // Sends `reply`, then closes the session after the client has read it.

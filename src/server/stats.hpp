@@ -10,6 +10,7 @@ namespace rs::server {
 struct Stats {
   size_t sessions = 0;  // live sessions (half-open and relaying)
   size_t halfopen = 0;  // accepted but not yet relaying
+  size_t sessions_peak = 0;
   uint64_t accepted = 0;
   uint64_t refused = 0;   // dropped by --max-sessions / --max-startups or accept errors
   uint64_t requests = 0;  // handshakes that produced a request

@@ -1,0 +1,60 @@
+// The control plane: the Lua ruleset engine (-r) and the RESTful API (--api),
+// and what each of them sees of the proxy server.
+//
+// Ownership: the Control belongs to the Server and borrows it; it owns the
+// Engine and the ApiServer. Both run on the loop thread.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "api/api_server.hpp"
+#include "api/backend.hpp"
+#include "net/sockaddr.hpp"
+#include "ruleset/engine.hpp"
+
+namespace rs::server {
+
+class Server;
+
+class Control : public ruleset::Host, public api::ApiBackend {
+ public:
+  // Creates the engine and loads the ruleset file when the configuration has
+  // -r, and binds the API when it has --api. Throws std::runtime_error naming
+  // the problem (a ruleset that fails to load, an address in use).
+  // `api_listen` is where --api asked to listen.
+  Control(Server& server, const std::optional<net::SockAddr>& api_listen);
+  ~Control() override;
+  Control(const Control&) = delete;
+  Control& operator=(const Control&) = delete;
+
+  // Stops the API (server shutdown); the engine stays until destruction.
+  void stop();
+  // The API's bound address, if there is an API.
+  std::optional<net::SockAddr> api_address() const;
+
+  // api::ApiBackend
+  ruleset::Engine* engine() override { return engine_.get(); }
+  std::string server_stats(bool incremental) override;
+  void count_api_request() override;
+
+  // ruleset::Host
+  void push_config(lua_State* L) override;
+  void push_stats(lua_State* L) override;
+  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
+                                      std::vector<std::string> chain,
+                                      std::function<void(bool, std::string)> cb) override;
+
+ private:
+  Server& server_;
+  std::unique_ptr<ruleset::Engine> engine_;
+  std::unique_ptr<api::ApiServer> api_;
+  // The previous POST /stats, for rates.
+  struct Snapshot {
+    double time = 0;
+    uint64_t requests = 0, bytes_up = 0, bytes_down = 0;
+  } last_;
+};
+
+}  // namespace rs::server
