@@ -20,7 +20,9 @@ net::Family family_of(int f) {
 
 // The push_* helpers run inside a lua_CFunction: only Lua calls and plain
 // values here, nothing with a destructor.
+// An unset option stays nil, as in neosocksd (an empty string would be true).
 void set_string(lua_State* L, const char* key, const std::string& value) {
+  if (value.empty()) return;
   lua_pushlstring(L, value.data(), value.size());
   lua_setfield(L, -2, key);
 }

@@ -13,6 +13,7 @@
 import gzip
 import os
 import re
+import resource
 import socket
 import subprocess
 import tempfile
@@ -52,6 +53,10 @@ local function decide(kind, addr, user, pass)
     if host == "sleep.test" then
         await.sleep(0.5)
         return origin(port)
+    end
+    if host == "nap.test" then
+        await.sleep(0.5)
+        return "127.0.0.1:@UPSTREAM@"
     end
     if host == "hang.test" then
         await.sleep(60)
@@ -267,6 +272,36 @@ class Async(RulesetCase):
         took = time.monotonic() - t0
         self.assertEqual(results, [0] * 20)
         self.assertLess(took, 3.0, "20 routines sleeping 0.5 s each should overlap")
+
+    def test_a_thousand_concurrent_sleeping_requests(self):
+        # Each routine sleeps 0.5 s, then routes to the upstream instance; the
+        # client checks the tunnel by greeting the upstream through it.
+        n = 1000
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 4 * n:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * n), hard))
+        host = b"nap.test"
+        request = b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(host)]) + host + b"\x00\x01"
+        socks = []
+        try:
+            t0 = time.monotonic()
+            for _ in range(n):
+                s = connect(self.proxy.port, timeout=15)
+                s.sendall(request)  # greeting and request pipelined
+                socks.append(s)
+            replies = [recv_exact(s, 2 + 10)[:4] for s in socks]
+            took = time.monotonic() - t0
+            self.assertEqual(replies.count(b"\x05\x00\x05\x00"), n,
+                             f"not every request succeeded: {set(replies)}")
+            for s in socks:
+                s.sendall(b"\x05\x01\x00")
+            self.assertEqual([recv_exact(s, 2) for s in socks], [b"\x05\x00"] * n)
+            self.assertLess(took, 10, "the sleeps should overlap")
+        finally:
+            for s in socks:
+                s.close()
+        self.assertTrue(wait_until(lambda: routines_alive(self.api_port) == 0, 5))
+        self.assert_still_serving()
 
     def test_await_resolve_in_a_callback(self):
         self.assertEqual(self.socks5h("resolve.test"), 0x00)
