@@ -1,6 +1,7 @@
 #!/bin/sh
 # rulesocks developer entry point (the README's two commands):
 #   contrib/dev.sh run   install missing Debian packages, build, run the proxy on 127.0.0.1:1080
+#                        with the default ruleset (lua/ruleset.lua) and the API on 127.0.0.1:9080
 #   contrib/dev.sh test  install missing Debian packages, build, run every test (incl. ASan+UBSan)
 set -eu
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ case "${1:-}" in
     install_missing $PACKAGES
     build build
     shift
-    exec build/src/rulesocks -l 127.0.0.1:1080 "$@"
+    exec build/src/rulesocks -l 127.0.0.1:1080 --api 127.0.0.1:9080 -r lua/ruleset.lua "$@"
     ;;
   test)
     install_missing $PACKAGES $TEST_PACKAGES

@@ -127,7 +127,7 @@ void Control::push_config(lua_State* L) {
   set_integer(L, "memlimit", c.memlimit_mib);
   set_string(L, "listen", c.listen.empty() ? std::string() : c.listen.front());
   set_string(L, "http", c.http_listen.empty() ? std::string() : c.http_listen.front());
-  set_string(L, "restapi", c.api);
+  set_string(L, "api", c.api);  // neosocksd's name for --api
   set_string(L, "proxy", c.proxy);
   set_string(L, "forward", c.forward);
   set_string(L, "ruleset", c.ruleset);

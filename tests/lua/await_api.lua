@@ -78,7 +78,7 @@ case("invoke", function()
     raises("bad argument", await.invoke)
     raises("bad argument", await.invoke, "return 1")
     raises("bad argument", await.invoke, "return 1", "x:1", {})
-    local api = neosocksd.config().restapi
+    local api = neosocksd.config().api
     if not api then return end -- no API server: nothing to call
 
     local ok, result = await.invoke("await.sleep(0.01) return 1 + 1, 'x', { k = 'v' }", api)

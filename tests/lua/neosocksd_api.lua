@@ -170,7 +170,7 @@ case("invoke (fire and forget)", function()
     raises("bad argument", neosocksd.invoke)
     raises("bad argument", neosocksd.invoke, "return 1")
     raises("bad argument", neosocksd.invoke, "return 1", "x:1", {})
-    local api = neosocksd.config().restapi
+    local api = neosocksd.config().api
     if not api then return end -- no API server: nothing to call
     _G.invoked = nil
     neosocksd.invoke("_G.invoked = 'yes'", api)

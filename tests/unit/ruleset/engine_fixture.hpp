@@ -42,7 +42,7 @@ class FakeHost : public Host {
     lua_pushinteger(L, 4);
     lua_setfield(L, -2, "loglevel");
     lua_pushliteral(L, "loopback:1");
-    lua_setfield(L, -2, "restapi");
+    lua_setfield(L, -2, "api");
   }
   void push_stats(lua_State* L) override {
     lua_createtable(L, 0, 1);
