@@ -2,6 +2,7 @@
 // from proto::Address. Plain value type: copy it freely.
 #pragma once
 
+#include <fmt/format.h>
 #include <sys/socket.h>
 
 #include <cstdint>
@@ -41,3 +42,12 @@ SockAddr peer_of(int fd);
 SockAddr local_of(int fd);
 
 }  // namespace rs::net
+
+// fmt::format("{}", sockaddr): lets log calls pass the address itself, so that
+// it is only converted when the line is written.
+template <>
+struct fmt::formatter<rs::net::SockAddr> : fmt::formatter<std::string_view> {
+  auto format(const rs::net::SockAddr& a, format_context& ctx) const {
+    return fmt::formatter<std::string_view>::format(a.to_string(), ctx);
+  }
+};

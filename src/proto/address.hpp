@@ -2,6 +2,8 @@
 // Pure value type; conversions to sockaddr live in net/sockaddr.hpp.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -47,3 +49,11 @@ std::optional<Address> parse_address(std::string_view s);
 std::optional<Address> make_address(std::string_view host, uint16_t port);
 
 }  // namespace rs::proto
+
+// fmt::format("{}", address), converted only when a log line is written.
+template <>
+struct fmt::formatter<rs::proto::Address> : fmt::formatter<std::string_view> {
+  auto format(const rs::proto::Address& a, format_context& ctx) const {
+    return fmt::formatter<std::string_view>::format(a.to_string(), ctx);
+  }
+};

@@ -67,14 +67,13 @@ void Listener::on_accept() {
         case ENFILE:
         case ENOBUFS:
         case ENOMEM:
-          log::warning("accept on {}: {}; pausing for 0.5 s", addr_.to_string(),
-                       std::strerror(errno));
+          log::warning("accept on {}: {}; pausing for 0.5 s", addr_, std::strerror(errno));
           ++server_.stats().refused;
           io_.stop();
           backoff_.start(0.5);
           return;
         default:
-          log::error("accept on {}: {}", addr_.to_string(), std::strerror(errno));
+          log::error("accept on {}: {}", addr_, std::strerror(errno));
           return;
       }
     }
@@ -84,7 +83,7 @@ void Listener::on_accept() {
     ++server_.stats().accepted;
     if (!server_.admit()) {
       ++server_.stats().refused;
-      log::debug("{}: refused (too many sessions)", peer->to_string());
+      log::debug("{}: refused (too many sessions)", *peer);
       continue;
     }
     server_.add_session(std::move(client), *peer, kind_);

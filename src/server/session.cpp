@@ -11,6 +11,25 @@
 #include "server/server.hpp"
 
 namespace rs::server {
+
+// A session's target for log lines, with the ruleset's rewrite if any;
+// formatted only when a line is written (the hot path logs nothing).
+struct TargetLog {
+  const proto::Address& asked;
+  const std::optional<proto::Address>& routed;
+};
+
+}  // namespace rs::server
+
+template <>
+struct fmt::formatter<rs::server::TargetLog> : fmt::formatter<std::string_view> {
+  auto format(const rs::server::TargetLog& t, format_context& ctx) const {
+    if (!t.routed) return fmt::format_to(ctx.out(), "{}", t.asked);
+    return fmt::format_to(ctx.out(), "{} via {}", t.asked, *t.routed);
+  }
+};
+
+namespace rs::server {
 namespace {
 constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
 constexpr double kLinger = 2.0;              // seconds to let a client read an error reply
@@ -39,7 +58,6 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   if (kind_ == ListenerKind::kForward) {
     // Port forwarding has no handshake: the request is the forward target.
     request_.target = *server_.forward_target();
-    target_text_ = request_.target.to_string();
     ++server_.stats().requests;
     dial(request_.target, server_.proxy_chain(), false);
     return;
@@ -49,20 +67,24 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   io_.start();
 }
 
+TargetLog Session::target() const {
+  return {request_.target, routed_};
+}
+
 void Session::on_readable() {
   char buf[4096];
   ssize_t n = recv(client_.get(), buf, sizeof buf, 0);
   if (n < 0) {
     if (errno == EAGAIN || errno == EINTR) return;
-    log::debug("{}: recv: {}", peer_.to_string(), std::strerror(errno));
+    log::debug("{}: recv: {}", peer_, std::strerror(errno));
     close();
     return;
   }
   if (n == 0) {
     // A client that leaves before the reply cancels everything in flight.
     if (state_ != State::kLingering && state_ != State::kHandshake)
-      log::info("{}: client closed while {} {}", peer_.to_string(),
-                state_ == State::kRouting ? "routing" : "dialing", target_text_);
+      log::info("{}: client closed while {} {}", peer_,
+                state_ == State::kRouting ? "routing" : "dialing", target());
     close();
     return;
   }
@@ -77,8 +99,7 @@ void Session::on_readable() {
     frontend_ = sniff_frontend(static_cast<uint8_t>(in_[0]), server_.frontend_options());
     if (!frontend_) {
       ++server_.stats().bad_requests;
-      log::info("{}: unknown protocol (first byte 0x{:02X})", peer_.to_string(),
-                static_cast<uint8_t>(in_[0]));
+      log::info("{}: unknown protocol (first byte 0x{:02X})", peer_, static_cast<uint8_t>(in_[0]));
       close();
       return;
     }
@@ -112,7 +133,6 @@ void Session::handle(Step step) {
       return;
     case Step::kRequest:
       request_ = std::move(step.request);
-      target_text_ = request_.target.to_string();
       ++server_.stats().requests;
       route();
       return;
@@ -131,7 +151,7 @@ void Session::route() {
   req.kind = t.is_ipv4()   ? ruleset::Request::Kind::kRoute
              : t.is_ipv6() ? ruleset::Request::Kind::kRoute6
                            : ruleset::Request::Kind::kResolve;
-  req.addr = target_text_;
+  req.addr = request_.target.to_string();
   req.username = request_.username;
   req.password = request_.password;
   routing_ =
@@ -158,14 +178,14 @@ void Session::on_routed(std::optional<ruleset::Decision> d, const std::string& w
   }
   // Only a target the ruleset rewrote may reach the API (neosocksd's
   // api.neosocksd.internal convention); one it passed through may not.
-  const bool rewritten = d->addr != target_text_;
-  if (rewritten) target_text_ += " via " + d->addr;
+  const bool rewritten = *target != request_.target;
+  if (rewritten) routed_ = *target;
   dial(std::move(*target), std::move(chain), rewritten);
 }
 
 void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api) {
   state_ = State::kDialing;
-  log::debug("{}: dialing {}", peer_.to_string(), target.to_string());
+  log::debug("{}: dialing {}", peer_, target);
   dialer_ =
       std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
   // The API runs arbitrary Lua: never let a client reach it through the proxy
@@ -189,8 +209,7 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
     return;
   }
   ++server_.stats().success;
-  log::info("{}: {} -> {}", peer_.to_string(), frontend_ ? frontend_->name() : "forward",
-            target_text_);
+  log::info("{}: {} -> {}", peer_, frontend_ ? frontend_->name() : "forward", target());
   leave_halfopen();
   timer_.stop();
   io_.stop();
@@ -200,8 +219,7 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
       [this](const net::RelayStats& st, std::string_view reason) {
         server_.stats().bytes_up += st.up;
         server_.stats().bytes_down += st.down;
-        log::verbose("{}: closed {} (up {} down {}): {}", peer_.to_string(), target_text_, st.up,
-                     st.down, reason);
+        log::verbose("{}: closed {} (up {} down {}): {}", peer_, target(), st.up, st.down, reason);
         close();
       });
   relay_->start(in_);
@@ -211,13 +229,12 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
 
 void Session::reject(net::DialError err, const std::string& why) {
   if (err == net::DialError::kNotAllowed) ++server_.stats().rejected;
-  log::info("{}: {} {}: {}", peer_.to_string(), frontend_ ? frontend_->name() : "forward",
-            target_text_, why);
+  log::info("{}: {} {}: {}", peer_, frontend_ ? frontend_->name() : "forward", target(), why);
   fail(frontend_ ? frontend_->reply(err) : std::string(), why);
 }
 
 void Session::fail(std::string reply, const std::string& why) {
-  if (!why.empty()) log::debug("{}: closing: {}", peer_.to_string(), why);
+  if (!why.empty()) log::debug("{}: closing: {}", peer_, why);
   if (reply.empty() || !send_all(reply)) {
     close();
     return;
@@ -252,8 +269,7 @@ void Session::on_timeout() {
   }
   if (state_ != State::kLingering) {
     ++server_.stats().bad_requests;
-    log::info("{}: handshake timed out ({})", peer_.to_string(),
-              target_text_.empty() ? "no request" : target_text_);
+    log::info("{}: handshake timed out", peer_);
   }
   close();
 }

@@ -20,6 +20,7 @@
 namespace rs::server {
 
 class Server;
+struct TargetLog;
 enum class ListenerKind;
 
 class Session {
@@ -50,6 +51,7 @@ class Session {
   bool send_all(std::string_view bytes);
   void leave_halfopen();
   void teardown();
+  TargetLog target() const;  // for log lines
 
   Server& server_;
   UniqueFd client_;
@@ -62,7 +64,7 @@ class Session {
   std::string in_;  // received, not yet consumed
   std::unique_ptr<Frontend> frontend_;
   ClientRequest request_;
-  std::string target_text_;  // for logs: what the client asked for
+  std::optional<proto::Address> routed_;  // where the ruleset sent it, when rewritten
   std::unique_ptr<Cancellable> routing_;
   std::unique_ptr<net::Dialer> dialer_;
   std::unique_ptr<net::Relay> relay_;
