@@ -85,8 +85,12 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("BYTES");
   app.add_option("--tcp-rcvbuf", c.tcp_rcvbuf, "SO_RCVBUF of proxied sockets (0: system default)")
       ->type_name("BYTES");
-  app.add_flag("!--no-nodelay", c.tcp_nodelay, "do not set TCP_NODELAY");
-  app.add_flag("!--no-keepalive", c.tcp_keepalive, "do not set SO_KEEPALIVE");
+  // Flag functions rather than "!--no-..." flags: those print their default as
+  // "--no-nodelay{false}" in --help.
+  app.add_flag_function(
+      "--no-nodelay", [&](int64_t) { c.tcp_nodelay = false; }, "do not set TCP_NODELAY");
+  app.add_flag_function(
+      "--no-keepalive", [&](int64_t) { c.tcp_keepalive = false; }, "do not set SO_KEEPALIVE");
 
   try {
     app.parse(argc, argv);

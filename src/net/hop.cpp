@@ -127,9 +127,10 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
       int code = r.value.status;
       if (code / 100 == 2) return done(r.consumed);
-      auto e = code == 403 || code == 407 ? DialError::kNotAllowed
-               : code == 504              ? DialError::kTimeout
-                                          : DialError::kGeneral;
+      // 401 too: some proxies (tinyproxy) answer wrong credentials with it.
+      auto e = code == 401 || code == 403 || code == 407 ? DialError::kNotAllowed
+               : code == 504                             ? DialError::kTimeout
+                                                         : DialError::kGeneral;
       return fail(e, where + ": HTTP " + std::to_string(code) + " " + r.value.reason);
     }
   }

@@ -2,7 +2,8 @@
 
 Everything here drives the real binary (path in $RULESOCKS_BIN) on loopback
 with real clients: curl, an in-process HTTP origin and raw sockets that check
-handshake replies byte for byte.
+handshake replies byte for byte; and third-party proxies from Debian packages
+(microsocks, danted, tinyproxy) as its upstream peers.
 
 Rules kept throughout:
   * every wait is bounded (socket timeouts, deadlines, subprocess timeouts);
@@ -16,6 +17,7 @@ import hashlib
 import http.server
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -105,9 +107,9 @@ def wait_until(predicate, timeout, interval=0.02):
         time.sleep(interval)
 
 
-def _listening_ports():
-    """Local ports in LISTEN state, from /proc/net/tcp and tcp6."""
-    ports = set()
+def _listen_table():
+    """[(port, socket inode)] of every TCP socket in LISTEN state (/proc/net/tcp, tcp6)."""
+    rows = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
@@ -115,68 +117,106 @@ def _listening_ports():
                 for line in f:
                     fields = line.split()
                     if fields[3] == "0A":  # TCP_LISTEN
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                        rows.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[9])))
         except OSError:
             pass
-    return ports
+    return rows
+
+
+def _listening_ports():
+    """Local ports in LISTEN state, from /proc/net/tcp and tcp6."""
+    return {port for port, _ in _listen_table()}
+
+
+def listening_inodes(port):
+    """Socket inodes of the TCP listeners on `port` (several with SO_REUSEPORT)."""
+    return {inode for p, inode in _listen_table() if p == port}
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets that process `pid` holds open (empty if it is gone)."""
+    inodes = set()
+    d = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(d)
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"{d}/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def pids_holding(inode):
+    """PIDs of the processes that have socket `inode` open (a /proc/*/fd scan)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and inode in socket_inodes(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
+def proc_status(pid):
+    """/proc/PID/status as {field: value}; empty when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def proc_gone(pid):
+    """True once `pid` has exited (no such process, or a zombie waiting for its reaper)."""
+    state = proc_status(pid).get("State", "")
+    return not state or state.startswith(("Z", "X"))
 
 
 # --------------------------------------------------------------------------
-# The proxy under test
+# Processes under test: rulesocks itself and third-party peers
 # --------------------------------------------------------------------------
 
-class Proxy:
-    """Runs the rulesocks binary for the duration of a `with` block.
+class Service:
+    """A child process run for a test, with its output in a temporary log file.
 
-    Proxy(*args, socks=True, http=False, loglevel=6)
-      socks: add "-l 127.0.0.1:<free port>" (self.port)
-      http:  add "--http 127.0.0.1:<free port>" (self.http_port)
-      args:  any further flags, e.g. "-t", "1" or "-f", "127.0.0.1:8080"
-      extra_ports: listen ports given in `args` that start-up should also wait for
-
-    Start-up waits (bounded) until every listen port is in LISTEN state. The
-    readiness check reads /proc/net/tcp rather than connecting, so that the
-    probe never becomes a session of its own (which would skew -m,
-    --max-startups and the fd baseline).
-
-    stop() sends SIGTERM to this process's PID, waits up to 5 s, then
-    SIGKILLs it; leaving the block asserts a clean exit (code 0).
+    start() waits (bounded) until every port in `ports` is in LISTEN state,
+    reading /proc/net/tcp rather than connecting, so that the readiness probe
+    never becomes a session of its own. stop() signals this process's own PID
+    and nothing else.
     """
 
     live = []     # running instances
     started = []  # every instance ever started, in order (for log dumps on failure)
 
-    def __init__(self, *args, socks=True, http=False, loglevel=6, name="rulesocks",
-                 extra_ports=()):
+    def __init__(self, cmd, name, ports=()):
+        self.cmd = [str(a) for a in cmd]
         self.name = name
-        ports = free_ports(2)
-        self.port = ports[0] if socks else None
-        self.http_port = ports[1] if http else None
-        self.cmd = [BIN, "--loglevel", str(loglevel)]
-        if socks:
-            self.cmd += ["-l", f"{LOOP4}:{self.port}"]
-        if http:
-            self.cmd += ["--http", f"{LOOP4}:{self.http_port}"]
-        self.cmd += [str(a) for a in args]
-        self.extra_ports = tuple(extra_ports)  # more listen ports (from args) to wait for
+        self.ports = {p for p in ports if p}
         self.proc = None
         self.returncode = None
         self.log_path = None
 
+    def check_binary(self):
+        """Raises when the program to run is missing (subclasses say how)."""
+
+    def open_log(self):
+        fd, self.log_path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")
+        return os.fdopen(fd, "wb")
+
     # -- lifecycle --
 
     def start(self):
-        if not os.access(BIN, os.X_OK):
-            raise unittest.SkipTest(f"rulesocks binary not found at {BIN}; set RULESOCKS_BIN")
-        fd, self.log_path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")
-        with os.fdopen(fd, "wb") as log:
+        self.check_binary()
+        with self.open_log() as log:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT)
-        Proxy.live.append(self)
-        Proxy.started.append(self)
-        want = {p for p in (self.port, self.http_port, *self.extra_ports) if p}
+        Service.live.append(self)
+        Service.started.append(self)
         deadline = time.monotonic() + START_TIMEOUT
-        while not want <= _listening_ports():
+        while not self.ports <= _listening_ports():
             if self.proc.poll() is not None:
                 self._forget()
                 raise AssertionError(
@@ -185,8 +225,8 @@ class Proxy:
             if time.monotonic() >= deadline:
                 self.kill()
                 raise AssertionError(
-                    f"{self.name} did not listen on {sorted(want)} within {START_TIMEOUT} s\n"
-                    f"{self.log_tail()}")
+                    f"{self.name} did not listen on {sorted(self.ports)} within "
+                    f"{START_TIMEOUT} s\ncommand: {' '.join(self.cmd)}\n{self.log_tail()}")
             time.sleep(0.01)
         return self
 
@@ -217,20 +257,16 @@ class Proxy:
         self._forget()
 
     def _forget(self):
-        if self in Proxy.live:
-            Proxy.live.remove(self)
+        if self in Service.live:
+            Service.live.remove(self)
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, exc_type, exc, tb):
-        code, took = self.stop()
-        if exc_type is None and code != 0:
-            raise AssertionError(
-                f"{self.name} exited with {code} after SIGTERM (took {took:.1f} s), "
-                f"expected a graceful exit 0\n{self.log_tail()}")
+        self.stop()
         if exc_type is None:
-            self.remove_log()  # on failure the log stays for IntegrationCase to print
+            self.remove_log()
         return False
 
     def remove_log(self):
@@ -248,6 +284,62 @@ class Proxy:
     @property
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+    def log_tail(self, lines=40):
+        text = self.log_text().splitlines()
+        return "\n".join(text[-lines:]) if text else "(empty log)"
+
+
+class Proxy(Service):
+    """Runs the rulesocks binary for the duration of a `with` block.
+
+    Proxy(*args, socks=True, http=False, loglevel=6)
+      socks: add "-l 127.0.0.1:<free port>" (self.port)
+      http:  add "--http 127.0.0.1:<free port>" (self.http_port)
+      args:  any further flags, e.g. "-t", "1" or "-f", "127.0.0.1:8080"
+      extra_ports: listen ports given in `args` that start-up should also wait for
+
+    Start-up waits (bounded) until every listen port is in LISTEN state (which
+    keeps the probe from skewing -m, --max-startups and the fd baseline).
+
+    stop() sends SIGTERM to this process's PID, waits up to 5 s, then
+    SIGKILLs it; leaving the block asserts a clean exit (code 0).
+    """
+
+    def __init__(self, *args, socks=True, http=False, loglevel=6, name="rulesocks",
+                 extra_ports=()):
+        ports = free_ports(2)
+        self.port = ports[0] if socks else None
+        self.http_port = ports[1] if http else None
+        cmd = [BIN, "--loglevel", str(loglevel)]
+        if socks:
+            cmd += ["-l", f"{LOOP4}:{self.port}"]
+        if http:
+            cmd += ["--http", f"{LOOP4}:{self.http_port}"]
+        cmd += list(args)
+        self.extra_ports = tuple(extra_ports)  # more listen ports (from args) to wait for
+        super().__init__(cmd, name, (self.port, self.http_port, *self.extra_ports))
+
+    def check_binary(self):
+        if not os.access(BIN, os.X_OK):
+            raise unittest.SkipTest(f"rulesocks binary not found at {BIN}; set RULESOCKS_BIN")
+
+    def __exit__(self, exc_type, exc, tb):
+        code, took = self.stop()
+        if exc_type is None and code != 0:
+            raise AssertionError(
+                f"{self.name} exited with {code} after SIGTERM (took {took:.1f} s), "
+                f"expected a graceful exit 0\n{self.log_tail()}")
+        if exc_type is None:
+            self.remove_log()  # on failure the log stays for IntegrationCase to print
+        return False
 
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -274,28 +366,102 @@ class Proxy:
                     return int(line.split()[1])
         return 0
 
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except (OSError, TypeError):
-            return ""
 
-    def log_tail(self, lines=40):
-        text = self.log_text().splitlines()
-        return "\n".join(text[-lines:]) if text else "(empty log)"
+class Peer(Service):
+    """A third-party proxy from a Debian package (microsocks, danted, tinyproxy).
+
+    Each instance gets its own temporary directory for its configuration file,
+    log and PID file, and a free port on 127.0.0.1 (self.port). A missing
+    binary is a test failure, not a skip: the README's test command
+    (contrib/dev.sh test) installs these packages. "{dir}" in `args` and
+    `config` stands for the temporary directory. Build one with microsocks(),
+    danted() or tinyproxy().
+    """
+
+    def __init__(self, name, binary, package, args, port, config=None):
+        self.dir = tempfile.mkdtemp(prefix=f"{name}-")
+        self.binary, self.package, self.port = binary, package, port
+        cmd = [binary] + [str(a).replace("{dir}", self.dir) for a in args]
+        if config is not None:
+            with open(os.path.join(self.dir, f"{name}.conf"), "w") as f:
+                f.write(config.replace("{dir}", self.dir))
+        super().__init__(cmd, name, (port,))
+
+    def check_binary(self):
+        if not os.access(self.binary, os.X_OK):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise AssertionError(
+                f"{self.binary} is missing: install the Debian package \"{self.package}\" "
+                f"(contrib/dev.sh test installs it) to run the third-party peer tests")
+
+    def open_log(self):
+        self.log_path = os.path.join(self.dir, f"{self.name}.log")
+        return open(self.log_path, "wb")
+
+    def remove_log(self):
+        super().remove_log()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, scheme, user=None, password=None):
+        auth = "" if user is None else f"{user}:{password}@" if password is not None else f"{user}@"
+        return f"{scheme}://{auth}{LOOP4}:{self.port}"
+
+
+def microsocks(user=None, password=None):
+    """microsocks on 127.0.0.1 (SOCKS5), with RFC 1929 credentials when given."""
+    port = free_port()
+    args = ["-i", LOOP4, "-p", port]
+    if user is not None:
+        args += ["-u", user, "-P", password]
+    return Peer("microsocks", "/usr/bin/microsocks", "microsocks", args, port)
+
+
+def danted():
+    """Dante's SOCKS server in the foreground, no authentication, 127.0.0.0/8 only."""
+    port = free_port()
+    config = f"""\
+logoutput: stderr
+internal: {LOOP4} port = {port}
+external: {LOOP4}
+clientmethod: none
+socksmethod: none
+client pass {{
+    from: 127.0.0.0/8 to: 0.0.0.0/0
+    log: error
+}}
+socks pass {{
+    from: 127.0.0.0/8 to: 127.0.0.0/8
+    command: connect
+    log: connect error
+}}
+"""
+    return Peer("danted", "/usr/sbin/danted", "dante-server",
+                ["-f", "{dir}/danted.conf"], port, config)
+
+
+def tinyproxy(connect_ports, basic_auth=None):
+    """tinyproxy in the foreground on 127.0.0.1 (HTTP CONNECT to `connect_ports` only),
+    logging to stderr; basic_auth=(user, password) requires those credentials."""
+    port = free_port()
+    lines = [f"Port {port}", f"Listen {LOOP4}", "Timeout 30", f"Allow {LOOP4}",
+             "MaxClients 64", "LogLevel Info", 'PidFile "{dir}/tinyproxy.pid"']
+    lines += [f"ConnectPort {p}" for p in connect_ports]
+    if basic_auth:
+        lines.append(f"BasicAuth {basic_auth[0]} {basic_auth[1]}")
+    return Peer("tinyproxy", "/usr/bin/tinyproxy", "tinyproxy",
+                ["-d", "-c", "{dir}/tinyproxy.conf"], port, "\n".join(lines) + "\n")
 
 
 class IntegrationCase(unittest.TestCase):
-    """Prints the log tail of every running proxy when a test fails or errors."""
+    """Prints the log tail of every running process when a test fails or errors."""
 
     def run(self, result=None):
-        first_new = len(Proxy.started)
+        first_new = len(Service.started)
         before = (len(result.failures), len(result.errors)) if result else None
         outcome = super().run(result)
-        mine = Proxy.started[first_new:]
+        mine = Service.started[first_new:]
         if result is not None and (len(result.failures), len(result.errors)) != before:
-            for p in list(dict.fromkeys(Proxy.live + mine)):
+            for p in list(dict.fromkeys(Service.live + mine)):
                 print(f"\n--- {p.name} (pid {p.pid}) log tail, after {self.id()} ---\n"
                       f"{p.log_tail()}", file=sys.stderr)
         for p in mine:
@@ -328,12 +494,24 @@ class IntegrationCase(unittest.TestCase):
                                  f"(took {took:.1f} s)\n{p.log_tail()}")
         p.remove_log()
 
+    # Third-party peers: stopped by PID at cleanup; their exit code is theirs to choose.
+    def start_peer(self, peer):
+        self.addCleanup(peer.stop)
+        return peer.start()
+
+    @classmethod
+    def start_class_peer(cls, peer):
+        def stop():
+            peer.stop()
+            peer.remove_log()
+        cls.addClassCleanup(stop)
+        return peer.start()
+
     @classmethod
     def start_class_origin(cls, host=LOOP4):
         o = Origin(host).start()
         cls.addClassCleanup(o.stop)
         return o
-
 
 # --------------------------------------------------------------------------
 # HTTP origin
@@ -535,6 +713,107 @@ class HoldServer:
         return False
 
 
+class SwitchHop:
+    """A TCP hop in front of a real proxy whose behaviour the test switches as it runs,
+    so that one rulesocks instance (whose -x chain is fixed) can meet a faulty hop
+    while its other sessions keep working through the same hop address.
+
+    relay_to(port): new connections are piped to 127.0.0.1:port (half-close kept)
+    hold():         new connections are accepted and left silent
+    go_dead():      the listening socket is closed: new connections are refused
+    Connections already accepted keep what they had, whatever the mode.
+    """
+
+    def __init__(self, backend_port, host=LOOP4):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.bind((host, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.backend = backend_port  # None: hold
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._socks = []
+        self._threads = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def relay_to(self, port):
+        with self._lock:
+            self.backend = port
+
+    def hold(self):
+        with self._lock:
+            self.backend = None
+
+    def go_dead(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with self._lock:
+                backend = self.backend
+                self.accepted += 1
+                self._socks.append(conn)
+            if backend is None:
+                continue
+            try:
+                up = socket.create_connection((LOOP4, backend), timeout=IO_TIMEOUT)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._socks.append(up)
+            for src, dst in ((conn, up), (up, conn)):
+                src.settimeout(30)
+                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(256 * 1024)
+                if not data:
+                    break
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in (src, dst):  # a reset on one side resets the other
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def close(self):
+        if not self._stop.is_set():
+            self.go_dead()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 # --------------------------------------------------------------------------
 # Raw client sockets
 # --------------------------------------------------------------------------
@@ -673,13 +952,12 @@ def socks4_request(port, ip=LOOP4, userid=b"", host=None, cmd=1):
     return req
 
 
-def read_http_response(sock, limit=64 * 1024):
-    """Reads a response head and a Content-Length body, and not one byte more.
+def read_http_head(sock, limit=64 * 1024):
+    """Reads a response head byte by byte, and not one byte more (what follows it,
+    e.g. tunnelled data after a CONNECT reply, stays in the socket).
 
-    (The head is read byte by byte: what follows it, e.g. tunnelled data after
-    a CONNECT reply, stays in the socket for the caller.)
-    Returns (status line, {lower-case name: value}, body, raw head bytes);
-    the status line is None if the connection closed before a complete head.
+    Returns (status line, {lower-case name: value}, raw head bytes); the status
+    line is None if the connection closed before a complete head.
     """
     raw = bytearray()
     while not raw.endswith(b"\r\n\r\n") and len(raw) < limit:
@@ -691,14 +969,26 @@ def read_http_response(sock, limit=64 * 1024):
             break
         raw += c
     if not raw.endswith(b"\r\n\r\n"):
-        return None, {}, b"", bytes(raw)
+        return None, {}, bytes(raw)
     lines = raw[:-4].decode("latin-1").split("\r\n")
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, bytes(raw)
+
+
+def read_http_response(sock, limit=64 * 1024):
+    """Reads a response head and a Content-Length body, and not one byte more.
+
+    Returns (status line, {lower-case name: value}, body, raw head bytes);
+    the status line is None if the connection closed before a complete head.
+    """
+    status, headers, raw = read_http_head(sock, limit)
+    if status is None:
+        return None, {}, b"", raw
     body = recv_exact(sock, int(headers.get("content-length", "0")))
-    return lines[0], headers, body, bytes(raw)
+    return status, headers, body, raw
 
 
 # --------------------------------------------------------------------------

@@ -141,6 +141,7 @@ TEST(HopHandshake, HttpConnect) {
 
 TEST(HopHandshake, HttpStatuses) {
   for (auto [status, err] : {std::pair{407, DialError::kNotAllowed},
+                             {401, DialError::kNotAllowed},  // tinyproxy: wrong credentials
                              {403, DialError::kNotAllowed},
                              {504, DialError::kTimeout},
                              {502, DialError::kGeneral}}) {
