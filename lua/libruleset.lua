@@ -1524,70 +1524,51 @@ function run_default(addr)
     return action(addr)
 end
 
-local function route4(addr)
-    local tab = _G.redirect
-    if tab then
-        local action, tag = matchtab(tab, addr)
-        if action then
-            if tag then
-                note(tag, addr)
-            end
-            return action(addr)
-        end
+-- the action of the first matching rule of `tab` (nil: none, or no table),
+-- counted under the rule's tag
+local function pick(tab, addr, ...)
+    if not tab then
+        return nil
     end
-    tab = _G.route
-    if tab then
+    local action, tag = matchtab(tab, ...)
+    if action and tag then
+        note(tag, addr)
+    end
+    return action
+end
+
+local function route4(addr)
+    local action = pick(_G.redirect, addr, addr)
+    if not action and _G.route then
         local host = hostport(addr)
-        local action, tag = matchtab(tab, host and parse_ipv4(host), addr)
-        if action then
-            if tag then
-                note(tag, addr)
-            end
-            return action(addr)
-        end
+        action = pick(_G.route, addr, host and parse_ipv4(host), addr)
+    end
+    if action then
+        return action(addr)
     end
     return run_default(addr)
 end
 
 local function route6(addr)
-    local tab = _G.redirect6
-    if tab then
-        local action, tag = matchtab(tab, addr)
-        if action then
-            if tag then
-                note(tag, addr)
-            end
-            return action(addr)
-        end
-    end
-    tab = _G.route6
-    if tab then
+    local action = pick(_G.redirect6, addr, addr)
+    if not action and _G.route6 then
         local host = hostport(addr)
         local hi, lo
         if host then
             hi, lo = parse_ipv6(host)
         end
-        local action, tag = matchtab(tab, hi, lo, addr)
-        if action then
-            if tag then
-                note(tag, addr)
-            end
-            return action(addr)
-        end
+        action = pick(_G.route6, addr, hi, lo, addr)
+    end
+    if action then
+        return action(addr)
     end
     return run_default(addr)
 end
 
 local function resolve(addr)
-    local tab = _G.redirect_name
-    if tab then
-        local action, tag = matchtab(tab, addr)
-        if action then
-            if tag then
-                note(tag, addr)
-            end
-            return action(addr)
-        end
+    local action = pick(_G.redirect_name, addr, addr)
+    if action then
+        return action(addr)
     end
     local host, port = hostport(addr)
     if not host then
