@@ -61,19 +61,37 @@ void Relay::on_traffic(Dir dir, size_t n) {
     stats_.down += n;
     totals_.down += n;
   }
-  if (!opts_.bidir_timeout || (stats_.up > 0 && stats_.down > 0)) last_active_ = ev_now(loop_);
+  if (lingering_ || !opts_.bidir_timeout || (stats_.up > 0 && stats_.down > 0))
+    last_active_ = ev_now(loop_);
 }
 
 void Relay::on_pump_finished() {
-  if (up_.finished() && down_.finished()) close(kFinished);
+  if (up_.finished() && down_.finished()) {
+    close(kFinished);
+  } else if (opts_.linger_timeout > 0 && !lingering_) {
+    // From now on the idle timer measures the remaining direction alone.
+    lingering_ = true;
+    last_active_ = ev_now(loop_);
+    timer_.start(timeout());
+  }
+}
+
+double Relay::timeout() const {
+  if (!lingering_) return opts_.idle_timeout;
+  if (opts_.idle_timeout <= 0) return opts_.linger_timeout;
+  return std::min(opts_.idle_timeout, opts_.linger_timeout);
 }
 
 // The timer is not pushed back on every read: it only notes the time of the
 // last traffic and, when it fires early, sleeps again for what is left.
 void Relay::on_timer() {
-  double left = last_active_ + opts_.idle_timeout - ev_now(loop_);
+  double left = last_active_ + timeout() - ev_now(loop_);
   if (left > 0) {
     timer_.start(left);
+    return;
+  }
+  if (lingering_) {
+    close(kLingerTimeout);
     return;
   }
   bool both_ways = stats_.up > 0 && stats_.down > 0;

@@ -47,6 +47,10 @@ struct RelayOptions {
   // bytes (neosocksd --bidir-timeout): a session that only ever talks one way
   // is closed idle_timeout after start(). Needs idle_timeout > 0.
   bool bidir_timeout = false;
+  // Seconds a half-closed relay (one direction finished) may go without
+  // traffic before it is closed, so that a peer that never sends its EOF
+  // cannot hold the session forever; 0 = never.
+  double linger_timeout = 0;
 };
 
 struct RelayStats {
@@ -63,6 +67,7 @@ class Relay {
   static constexpr std::string_view kFinished = "finished";  // EOF both ways
   static constexpr std::string_view kIdleTimeout = "idle timeout";
   static constexpr std::string_view kBidirTimeout = "timeout before traffic both ways";
+  static constexpr std::string_view kLingerTimeout = "idle after half-close";
 
   // Takes ownership of both stream sockets and makes them non-blocking.
   Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions opts, DoneCallback done);
@@ -134,6 +139,7 @@ class Relay {
   void on_traffic(Dir dir, size_t n);
   void on_pump_finished();
   void on_timer();
+  double timeout() const;  // the idle timer's period in the current state
   void close(std::string_view reason);
 
   ev::Loop* loop_;
@@ -142,6 +148,7 @@ class Relay {
   RelayStats stats_;
   double last_active_ = 0;  // ev_now() of the last traffic that counts for the timer
   bool closed_ = false;
+  bool lingering_ = false;  // one direction has finished
   // The fds are declared before the pumps so that the watchers stop before
   // the fds close.
   UniqueFd client_;

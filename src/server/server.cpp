@@ -43,6 +43,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   relay_.use_splice = cfg.pipe;
   relay_.bidir_timeout = cfg.bidir_timeout;
   relay_.idle_timeout = cfg.bidir_timeout ? cfg.timeout : 0;
+  relay_.linger_timeout = cfg.timeout;
   frontend_.auth_required = cfg.auth_required;
   frontend_.want_credentials = cfg.auth_required || !cfg.ruleset.empty();
 

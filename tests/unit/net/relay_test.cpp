@@ -357,6 +357,37 @@ class Ticker {
   int left_;
 };
 
+TEST_P(RelayTest, HalfClosedRelayIdleIsClosedAfterLinger) {
+  make_relay({.linger_timeout = 0.3});
+  relay_->start();
+  send_str(client_.get(), "request");
+  ::shutdown(client_.get(), SHUT_WR);
+  EXPECT_EQ(read_n(upstream_.get(), 7), "request");
+  ASSERT_TRUE(wait_eof(upstream_.get()));
+  // The upstream never answers nor closes: the relay gives up after the linger.
+  auto t0 = Clock::now();
+  ASSERT_TRUE(run_until_done());
+  EXPECT_EQ(reason_, Relay::kLingerTimeout);
+  EXPECT_GE(done_at_ - t0, std::chrono::milliseconds(250));
+  EXPECT_LT(done_at_ - t0, std::chrono::seconds(2));
+}
+
+TEST_P(RelayTest, TrafficAfterHalfCloseKeepsTheRelayAlive) {
+  make_relay({.linger_timeout = 0.3});
+  relay_->start();
+  ::shutdown(client_.get(), SHUT_WR);
+  ASSERT_TRUE(wait_eof(upstream_.get()));
+  auto t0 = Clock::now();
+  Ticker ticker(loop_, upstream_.get(), 8);
+  ASSERT_TRUE(run_until([&] { return done_ || !ticker.running(); }));
+  EXPECT_FALSE(done_) << reason_;
+  ::shutdown(upstream_.get(), SHUT_WR);
+  ASSERT_TRUE(run_until_done());
+  EXPECT_EQ(reason_, Relay::kFinished);
+  EXPECT_GE(done_at_ - t0, std::chrono::milliseconds(750));
+  EXPECT_EQ(final_.down, 8u);
+}
+
 TEST_P(RelayTest, OneWayTrafficKeepsIdleTimerAlive) {
   make_relay({.idle_timeout = 0.3});
   auto t0 = Clock::now();
