@@ -14,11 +14,6 @@ namespace {
 // Reads per wakeup before yielding to other sessions: up to 1 MiB.
 constexpr int kMaxRounds = 16;
 
-void set_nonblocking(int fd) {
-  int flags = ::fcntl(fd, F_GETFL);
-  if (flags >= 0 && !(flags & O_NONBLOCK)) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-}
-
 bool would_block(int err) {
   return err == EAGAIN || err == EWOULDBLOCK;
 }
@@ -39,10 +34,7 @@ Relay::Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions op
       upstream_(std::move(upstream)),
       up_(this, Dir::kUp, client_.get(), upstream_.get()),
       down_(this, Dir::kDown, upstream_.get(), client_.get()),
-      timer_(loop, [this](int) { on_timer(); }) {
-  set_nonblocking(client_.get());
-  set_nonblocking(upstream_.get());
-}
+      timer_(loop, [this](int) { on_timer(); }) {}
 
 Relay::~Relay() = default;
 

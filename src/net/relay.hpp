@@ -69,7 +69,8 @@ class Relay {
   static constexpr std::string_view kBidirTimeout = "timeout before traffic both ways";
   static constexpr std::string_view kLingerTimeout = "idle after half-close";
 
-  // Takes ownership of both stream sockets and makes them non-blocking.
+  // Takes ownership of both stream sockets, which must be non-blocking
+  // (accept4 and the dialer make them so: no fcntl per session here).
   Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions opts, DoneCallback done);
   // Stops the watchers, returns chunks to the pools and closes both fds.
   ~Relay();

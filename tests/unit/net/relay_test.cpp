@@ -154,6 +154,8 @@ class RelayTest : public testing::TestWithParam<Param> {
     auto [client_side, client_peer] = make_pair(GetParam().transport);
     auto [upstream_side, upstream_peer] = make_pair(GetParam().transport);
     ASSERT_TRUE(client_side && client_peer && upstream_side && upstream_peer);
+    set_nonblocking(client_side.get());
+    set_nonblocking(upstream_side.get());
     ev_now_update(loop_);  // timers count from start(), not from SetUp
     client_ = std::move(client_peer);
     upstream_ = std::move(upstream_peer);
