@@ -5,7 +5,6 @@
 
 #include "core/log.hpp"
 #include "server/control.hpp"
-#include "server/listener.hpp"
 #include "server/session.hpp"
 
 namespace rs::server {
@@ -62,9 +61,12 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   if (auto bound = control_->api_address()) protected_.push_back(*bound);
 
   auto add = [&](const std::string& text, ListenerKind kind) {
-    listeners_.push_back(
-        std::make_unique<Listener>(*this, parse_listen(text), kind, cfg.reuseport));
-    log::notice("listening on {} ({})", listeners_.back()->address().to_string(),
+    net::AcceptorOptions opts{.name = "listener", .reuseport = cfg.reuseport};
+    listeners_.push_back(std::make_unique<net::Acceptor>(
+        loop, parse_listen(text), opts, [this, kind](UniqueFd fd, const net::SockAddr& peer) {
+          on_accept(std::move(fd), peer, kind);
+        }));
+    log::notice("listening on {} ({})", listeners_.back()->address(),
                 kind == ListenerKind::kHttp      ? "HTTP CONNECT"
                 : kind == ListenerKind::kForward ? "forward to " + cfg.forward
                                                  : "SOCKS4/4A/5");
@@ -109,7 +111,13 @@ bool Server::admit() {
   return std::uniform_real_distribution<double>(0, 100)(rng) >= p;
 }
 
-void Server::add_session(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind) {
+void Server::on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind) {
+  ++stats_.accepted;
+  if (!admit()) {
+    ++stats_.refused;
+    log::debug("{}: refused (too many sessions)", peer);
+    return;
+  }
   net::tune_socket(fd.get(), dial_);
   sessions_.push_back(std::make_unique<Session>(*this, std::move(fd), peer, kind));
   sessions_.back()->start(std::prev(sessions_.end()));

@@ -10,6 +10,7 @@
 
 #include "config.hpp"
 #include "core/loop.hpp"
+#include "net/acceptor.hpp"
 #include "net/dialer.hpp"
 #include "net/relay.hpp"
 #include "net/resolver.hpp"
@@ -26,7 +27,6 @@ class Engine;
 namespace rs::server {
 
 class Control;
-class Listener;
 class Session;
 
 enum class ListenerKind { kSocks, kHttp, kForward };
@@ -43,15 +43,9 @@ class Server {
   // Stops accepting and closes every session (SIGINT/SIGTERM).
   void shutdown();
 
-  // Takes ownership of an accepted client socket.
-  void add_session(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
   // Called by a session that has finished; destruction happens later, from
   // the loop, never inside the session's own callback.
   void remove_session(std::list<std::unique_ptr<Session>>::iterator it);
-  // Whether a new half-open connection may be accepted now (--max-sessions,
-  // --max-startups).
-  bool admit();
-
   ev::Loop* loop() const { return loop_; }
   const Config& config() const { return cfg_; }
   net::Resolver& resolver() { return *resolver_; }
@@ -70,6 +64,12 @@ class Server {
   double start_time() const { return start_time_; }
 
  private:
+  // An accepted client socket: admitted (then owned by a new session) or closed.
+  void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // Whether a new half-open connection may be accepted now (--max-sessions,
+  // --max-startups).
+  bool admit();
+
   ev::Loop* loop_;
   const Config& cfg_;
   ev::Deferred deferred_;
@@ -83,7 +83,7 @@ class Server {
   Stats stats_;
   double start_time_;
   std::unique_ptr<Control> control_;  // ruleset engine and API; before the sessions that use it
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<net::Acceptor>> listeners_;
   std::list<std::unique_ptr<Session>> sessions_;
   bool stopping_ = false;
 };

@@ -1,0 +1,52 @@
+// A listening TCP socket on the loop. It accepts in bounded batches (one busy
+// listener cannot starve the loop) and hands every connection to its owner;
+// when the process runs out of file descriptors it pauses for a moment instead
+// of spinning on EMFILE.
+//
+// Ownership: the Acceptor owns the listening fd and its watchers; each accepted
+// fd (non-blocking, close-on-exec) is handed over to the callback.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "core/fd.hpp"
+#include "core/loop.hpp"
+#include "net/sockaddr.hpp"
+
+namespace rs::net {
+
+struct AcceptorOptions {
+  std::string name = "listener";  // for log lines: "<name> on <addr>: ..."
+  int backlog = 4096;
+  bool reuseport = false;  // SO_REUSEPORT: several processes share the port
+};
+
+class Acceptor {
+ public:
+  using Callback = std::function<void(UniqueFd fd, const SockAddr& peer)>;
+
+  // Binds and listens (SO_REUSEADDR; IPv6 listeners are IPv6-only); throws
+  // std::runtime_error naming the address, the call and the system error.
+  // `loop` must outlive the Acceptor.
+  Acceptor(ev::Loop* loop, const SockAddr& addr, AcceptorOptions opts, Callback cb);
+  Acceptor(const Acceptor&) = delete;
+  Acceptor& operator=(const Acceptor&) = delete;
+
+  void start();
+  void stop();
+  // The bound address, with the port the kernel chose for port 0.
+  const SockAddr& address() const { return addr_; }
+
+ private:
+  void on_readable();
+
+  AcceptorOptions opts_;
+  SockAddr addr_;
+  UniqueFd fd_;
+  Callback cb_;
+  ev::Io io_;
+  ev::Timer backoff_;  // accepting paused after EMFILE and friends
+};
+
+}  // namespace rs::net
