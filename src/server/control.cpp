@@ -59,6 +59,9 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
   if (api_listen) {
     api::ApiOptions opts;
     opts.started = server.start_time();
+    // As in neosocksd, -t bounds API requests (head and body) and idle or
+    // stalled API connections as well as proxy handshakes.
+    opts.timeout = cfg.timeout;
     api_ = std::make_unique<api::ApiServer>(server.loop(), *api_listen, *this, opts);
     api_->start();
   }
