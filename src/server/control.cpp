@@ -128,7 +128,9 @@ void Control::push_config(lua_State* L) {
   set_integer(L, "memlimit", c.memlimit_mib);
   set_string(L, "listen", c.listen.empty() ? std::string() : c.listen.front());
   set_string(L, "http", c.http_listen.empty() ? std::string() : c.http_listen.front());
+  // neosocksd's name for --api is "restapi"; the scripts in lua/ read "api".
   set_string(L, "restapi", c.api);
+  set_string(L, "api", c.api);
   set_string(L, "proxy", c.proxy);
   set_string(L, "forward", c.forward);
   set_string(L, "ruleset", c.ruleset);
