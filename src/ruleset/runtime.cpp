@@ -11,6 +11,8 @@
 #include <stdexcept>
 
 #include "core/log.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
 #include "ruleset/lib/libs.hpp"
 
 namespace rs::ruleset::detail {
@@ -278,6 +280,17 @@ void Runtime::invoke_detached(lua_State* L, int first, int last) {
   std::string addr = lua_tostring(L, first + 1);
   std::vector<std::string> chain;
   for (int i = last; i >= first + 2; --i) chain.emplace_back(lua_tostring(L, i));
+  // As in neosocksd, a target that can never be dialled is the caller's error,
+  // not an invocation lost later.
+  if (!proto::parse_address(addr)) {
+    throw std::runtime_error(fmt::format("neosocksd.invoke: invalid address \"{}\"", addr));
+  }
+  for (const auto& uri : chain) {
+    if (auto parsed = proto::parse_proxy_uri(uri); !parsed.ok()) {
+      throw std::runtime_error(
+          fmt::format("neosocksd.invoke: invalid proxy \"{}\": {}", uri, parsed.error));
+    }
+  }
   const uint64_t id = next_id();
   auto handle = host_->invoke(std::move(code), std::move(addr), std::move(chain),
                               [this, id](bool ok, std::string err) {

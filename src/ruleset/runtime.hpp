@@ -187,7 +187,7 @@ class Runtime {
   void set_interval(double seconds);  // 0 stops
   // Fire-and-forget RPC (neosocksd.invoke): keeps the handle until it finishes.
   // Reads code, addr and proxies from L's stack (all strings). Throws when RPC is
-  // unavailable.
+  // unavailable or the address or a proxy URI is invalid.
   void invoke_detached(lua_State* L, int first, int last);
   void post(std::function<void()> fn) { deferred_.post(std::move(fn)); }
   // Puts dir/?.lua and dir/?/init.lua in front of package.path (host level).

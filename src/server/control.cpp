@@ -61,6 +61,9 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
   if (api_listen) {
     api::ApiOptions opts;
     opts.started = server.start_time();
+    // As in neosocksd, -t bounds API requests (head and body) and idle or
+    // stalled API connections as well as proxy handshakes.
+    opts.timeout = cfg.timeout;
     api_ = std::make_unique<api::ApiServer>(server.loop(), *api_listen, *this, opts);
     api_->start();
   }
@@ -127,7 +130,9 @@ void Control::push_config(lua_State* L) {
   set_integer(L, "memlimit", c.memlimit_mib);
   set_string(L, "listen", c.listen.empty() ? std::string() : c.listen.front());
   set_string(L, "http", c.http_listen.empty() ? std::string() : c.http_listen.front());
-  set_string(L, "api", c.api);  // neosocksd's name for --api
+  // neosocksd's name for --api is "restapi"; the scripts in lua/ read "api".
+  set_string(L, "restapi", c.api);
+  set_string(L, "api", c.api);
   set_string(L, "proxy", c.proxy);
   set_string(L, "forward", c.forward);
   set_string(L, "ruleset", c.ruleset);

@@ -14,9 +14,11 @@ Rules kept throughout:
 import collections
 import contextlib
 import hashlib
+import math
 import http.server
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -300,9 +302,10 @@ class Service:
 class Proxy(Service):
     """Runs the rulesocks binary for the duration of a `with` block.
 
-    Proxy(*args, socks=True, http=False, loglevel=6)
+    Proxy(*args, socks=True, http=False, api=False, loglevel=6)
       socks: add "-l 127.0.0.1:<free port>" (self.port)
       http:  add "--http 127.0.0.1:<free port>" (self.http_port)
+      api:   add "--api 127.0.0.1:<free port>" (self.api_port)
       args:  any further flags, e.g. "-t", "1" or "-f", "127.0.0.1:8080"
       extra_ports: listen ports given in `args` that start-up should also wait for
 
@@ -313,19 +316,22 @@ class Proxy(Service):
     SIGKILLs it; leaving the block asserts a clean exit (code 0).
     """
 
-    def __init__(self, *args, socks=True, http=False, loglevel=6, name="rulesocks",
+    def __init__(self, *args, socks=True, http=False, api=False, loglevel=6, name="rulesocks",
                  extra_ports=()):
-        ports = free_ports(2)
+        ports = free_ports(3)
         self.port = ports[0] if socks else None
         self.http_port = ports[1] if http else None
+        self.api_port = ports[2] if api else None
         cmd = [BIN, "--loglevel", str(loglevel)]
         if socks:
             cmd += ["-l", f"{LOOP4}:{self.port}"]
         if http:
             cmd += ["--http", f"{LOOP4}:{self.http_port}"]
+        if api:
+            cmd += ["--api", f"{LOOP4}:{self.api_port}"]
         cmd += list(args)
         self.extra_ports = tuple(extra_ports)  # more listen ports (from args) to wait for
-        super().__init__(cmd, name, (self.port, self.http_port, *self.extra_ports))
+        super().__init__(cmd, name, (self.port, self.http_port, self.api_port, *self.extra_ports))
 
     def check_binary(self):
         if not os.access(BIN, os.X_OK):
@@ -1014,3 +1020,271 @@ def curl(*args, timeout=60):
     except subprocess.TimeoutExpired as e:
         return -1, e.stdout or b"", f"curl timed out: {' '.join(cmd)}"
     return p.returncode, p.stdout, p.stderr.decode(errors="replace")
+
+
+# --------------------------------------------------------------------------
+# The RESTful API: raw HTTP exchanges and RPC replies
+# --------------------------------------------------------------------------
+
+RPC_TYPE = "application/x-neosocksd-rpc; version=1"
+
+
+class HttpReply:
+    """One HTTP response: status (int), headers ({lower-case name: value}), body (bytes)."""
+
+    def __init__(self, status, headers, body, raw_head=b""):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.raw_head = raw_head
+
+    @property
+    def text(self):
+        return self.body.decode(errors="replace")
+
+    def __repr__(self):
+        return f"HttpReply({self.status}, {self.headers!r}, {self.body[:200]!r})"
+
+
+def http_request_bytes(method, target, body=b"", headers=(), host="api"):
+    """A request with Content-Length framing (for a body, or for POST) and `headers`
+    (pairs) added as they are."""
+    out = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"
+    for name, value in headers:
+        out += f"{name}: {value}\r\n"
+    if body or method in ("POST", "PUT"):
+        out += f"Content-Length: {len(body)}\r\n"
+    return out.encode("latin-1") + b"\r\n" + body
+
+
+def read_reply(sock, limit=64 * MiB):
+    """Reads one response (Content-Length, chunked, or up to EOF after a head that
+    says neither); None when the connection closes before a complete head."""
+    status, headers, body, raw = read_http_response(sock)
+    if status is None:
+        return None
+    code = int(status.split()[1])
+    if 100 <= code < 200:
+        return read_reply(sock, limit)
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            line = bytearray()
+            while not line.endswith(b"\r\n"):
+                c = sock.recv(1)
+                if not c:
+                    return HttpReply(code, headers, bytes(body), raw)
+                line += c
+            n = int(line.split(b";")[0], 16)
+            body += recv_exact(sock, n + 2)[:n]
+            if n == 0:
+                break
+        body = bytes(body)
+    elif "content-length" not in headers and code not in (204, 304):
+        body = recv_all(sock, limit)
+    return HttpReply(code, headers, body, raw)
+
+
+def api_call(port, method, target, body=b"", headers=(), timeout=IO_TIMEOUT):
+    """One request on a fresh connection to 127.0.0.1:port; returns an HttpReply."""
+    if isinstance(body, str):
+        body = body.encode()
+    with connect(port, timeout=timeout) as s:
+        s.sendall(http_request_bytes(method, target, body, headers))
+        reply = read_reply(s)
+    if reply is None:
+        raise AssertionError(f"{method} {target}: connection closed without a response")
+    return reply
+
+
+def api_post(port, target, body=b"", headers=(), timeout=IO_TIMEOUT):
+    return api_call(port, "POST", target, body, headers, timeout)
+
+
+def rpcall(port, code, timeout=IO_TIMEOUT):
+    """POSTs `code` to /ruleset/rpcall and returns the reply's values (see lua_values):
+    [True, results...] or [False, error message]."""
+    reply = api_post(port, "/ruleset/rpcall", code, [("Content-Type", RPC_TYPE)], timeout)
+    if reply.status != 200:
+        raise AssertionError(f"rpcall answered {reply.status}: {reply.text}")
+    return lua_values(reply.body)
+
+
+def lua_quote(data):
+    """A Lua string literal holding exactly `data` (bytes or str)."""
+    if isinstance(data, str):
+        data = data.encode()
+    return '"' + "".join(chr(b) if 0x20 <= b < 0x7f and b not in (0x22, 0x5c) else f"\\x{b:02x}"
+                         for b in data) + '"'
+
+
+class LuaTable(dict):
+    """A Lua table read by lua_values: keys and values as Python values, except that
+    the keys true and false are LuaTable.TRUE and LuaTable.FALSE (Python's True
+    and 1 are the same key)."""
+
+    TRUE = ("lua", True)
+    FALSE = ("lua", False)
+
+    def seq(self):
+        """The values at 1..n, for the border n."""
+        out, i = [], 1
+        while i in self:
+            out.append(self[i])
+            i += 1
+        return out
+
+
+class _LuaReader:
+    _ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11,
+                "\\": 92, '"': 34, "'": 39, "\n": 10}
+    _NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+    def __init__(self, text):
+        self.s = text
+        self.i = 0
+
+    def error(self, what):
+        raise ValueError(f"lua_values: {what} at offset {self.i}: {self.s[self.i:self.i + 40]!r}")
+
+    def ws(self):
+        while self.i < len(self.s) and self.s[self.i] in " \t\r\n":
+            self.i += 1
+
+    def peek(self):
+        self.ws()
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def expect(self, c):
+        if self.peek() != c:
+            self.error(f"expected {c!r}")
+        self.i += 1
+
+    def word(self, w):
+        if self.s.startswith(w, self.i) and not (
+                self.s[self.i + len(w):self.i + len(w) + 1].isalnum()):
+            self.i += len(w)
+            return True
+        return False
+
+    def value(self):
+        c = self.peek()
+        if c == '"' or c == "'":
+            return self.string()
+        if c == "{":
+            return self.table()
+        if c == "(":
+            # marshal's NaN: (0/0)
+            self.i += 1
+            a = self.value()
+            self.expect("/")
+            b = self.value()
+            self.expect(")")
+            if b == 0:
+                return float("nan") if a == 0 else math.copysign(float("inf"), a)
+            return a / b
+        if c == "-":
+            self.i += 1
+            v = self.value()
+            if isinstance(v, int):
+                return _wrap64(-v)
+            return -v
+        for w, v in (("nil", None), ("true", True), ("false", False)):
+            if self.word(w):
+                return v
+        m = self._NUMBER.match(self.s, self.i)
+        if not m:
+            self.error("unexpected text")
+        self.i = m.end()
+        t = m.group()
+        if t[:2] in ("0x", "0X"):
+            return _wrap64(int(t, 16))
+        if any(ch in t for ch in ".eE"):
+            return float(t)
+        n = int(t)
+        return n if n < 2 ** 63 else float(t)
+
+    def string(self):
+        q = self.s[self.i]
+        self.i += 1
+        out = bytearray()
+        while True:
+            if self.i >= len(self.s):
+                self.error("unterminated string")
+            c = self.s[self.i]
+            self.i += 1
+            if c == q:
+                return bytes(out)
+            if c != "\\":
+                out += c.encode("latin-1")
+                continue
+            e = self.s[self.i]
+            self.i += 1
+            if e in self._ESCAPES:
+                out.append(self._ESCAPES[e])
+            elif e == "x":
+                out.append(int(self.s[self.i:self.i + 2], 16))
+                self.i += 2
+            elif e.isdigit():
+                j = self.i - 1
+                while self.i < len(self.s) and self.i - j < 3 and self.s[self.i].isdigit():
+                    self.i += 1
+                out.append(int(self.s[j:self.i]))
+            elif e == "z":
+                while self.i < len(self.s) and self.s[self.i] in " \t\r\n":
+                    self.i += 1
+            elif e == "u":
+                j = self.s.index("}", self.i)
+                out += chr(int(self.s[self.i + 1:j], 16)).encode()
+                self.i = j + 1
+            else:
+                self.error(f"bad escape \\{e}")
+
+    def table(self):
+        self.expect("{")
+        t, n = LuaTable(), 0
+        while self.peek() != "}":
+            if self.peek() == "[":
+                self.i += 1
+                k = self.value()
+                if k is True or k is False:
+                    k = LuaTable.TRUE if k else LuaTable.FALSE
+                self.expect("]")
+                self.expect("=")
+                t[k] = self.value()
+            else:
+                n += 1
+                v = self.value()
+                if v is not None:
+                    t[n] = v
+            if self.peek() in (",", ";"):
+                self.i += 1
+        self.i += 1
+        return t
+
+
+def _wrap64(n):
+    n &= (1 << 64) - 1
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def lua_values(text):
+    """The values of a marshal()led reply "return v1,v2,...": nil is None, strings are
+    bytes, integers int, floats float, tables LuaTable. Only what marshal() writes."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    r = _LuaReader(text)
+    r.ws()
+    if not r.word("return"):
+        r.error("expected 'return'")
+    values = []
+    if r.peek() == "":
+        return values
+    while True:
+        values.append(r.value())
+        if r.peek() != ",":
+            break
+        r.i += 1
+    if r.peek() != "":
+        r.error("trailing text")
+    return values

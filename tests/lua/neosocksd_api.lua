@@ -170,6 +170,8 @@ case("invoke (fire and forget)", function()
     raises("bad argument", neosocksd.invoke)
     raises("bad argument", neosocksd.invoke, "return 1")
     raises("bad argument", neosocksd.invoke, "return 1", "x:1", {})
+    raises("invalid address", neosocksd.invoke, "return 1", "no port here")
+    raises("invalid proxy", neosocksd.invoke, "return 1", "x:1", "gopher://127.0.0.1:1")
     local api = neosocksd.config().api
     if not api then return end -- no API server: nothing to call
     _G.invoked = nil
