@@ -20,6 +20,7 @@
 #include "api/endpoints.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/acceptor.hpp"
 #include "net/sockaddr.hpp"
 
 namespace rs::api {
@@ -54,24 +55,21 @@ class ApiServer {
   // Stops accepting and closes every connection (start() resumes accepting).
   void stop();
   // The bound address, with the actual port.
-  const net::SockAddr& address() const { return addr_; }
+  const net::SockAddr& address() const { return acceptor_.address(); }
   size_t connections() const { return conns_.size(); }
 
  private:
-  void on_accept();
+  void on_accept(UniqueFd fd, const net::SockAddr& peer);
   void reject(UniqueFd fd, const net::SockAddr& peer);
   void closed(ApiConnection* conn);
 
   ev::Loop* loop_;
   ApiOptions opts_;
   ConnectionLimits limits_;
-  net::SockAddr addr_;
-  UniqueFd fd_;
   ev::Deferred deferred_;  // destroys closed connections outside their callbacks
   Endpoints endpoints_;
-  ev::Io io_;
-  ev::Timer backoff_;  // accept paused after EMFILE and friends
   std::unordered_map<ApiConnection*, std::unique_ptr<ApiConnection>> conns_;
+  net::Acceptor acceptor_;  // last: it calls back into the members above
 };
 
 }  // namespace rs::api

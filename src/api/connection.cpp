@@ -295,21 +295,16 @@ void ApiConnection::dispatch() {
   }
   std::string body = std::move(body_);
   body_.clear();
-  auto codings = header_list(head_.headers, "Content-Encoding");
-  std::erase(codings, "identity");
-  if (!codings.empty()) {
-    std::optional<ruleset::Format> format;
-    if (codings.size() == 1 && codings[0] == "deflate") format = ruleset::Format::kAuto;
-    if (codings.size() == 1 && (codings[0] == "gzip" || codings[0] == "x-gzip"))
-      format = ruleset::Format::kGzip;
-    if (!format) {
-      respond_error(415, "unsupported Content-Encoding (use deflate or gzip)", false);
-      return;
-    }
+  const ContentCoding coding = content_coding(head_.headers);
+  if (coding.kind == ContentCoding::kUnsupported) {
+    respond_error(415, "unsupported Content-Encoding (use deflate or gzip)", false);
+    return;
+  }
+  if (coding.kind == ContentCoding::kCompressed) {
     std::string err;
     std::optional<std::string> decoded;
     try {
-      decoded = ruleset::inflate_body(body, *format, limits_.max_body, &err);
+      decoded = ruleset::inflate_body(body, coding.format, limits_.max_body, &err);
     } catch (const std::bad_alloc&) {
       respond_error(500, "out of memory", false);
       return;
@@ -320,7 +315,7 @@ void ApiConnection::dispatch() {
         respond_error(413, fmt::format("decoded request body exceeds {} bytes", limits_.max_body),
                       false);
       } else {
-        respond_error(400, fmt::format("corrupt {} body: {}", codings[0], err), false);
+        respond_error(400, fmt::format("corrupt {} body: {}", coding.name, err), false);
       }
       return;
     }

@@ -272,4 +272,19 @@ std::vector<std::string> header_list(const proto::HttpHeaders& headers, std::str
   return out;
 }
 
+ContentCoding content_coding(const proto::HttpHeaders& headers) {
+  auto codings = header_list(headers, "Content-Encoding");
+  std::erase(codings, "identity");
+  if (codings.empty()) return {};
+  ContentCoding c{ContentCoding::kUnsupported, ruleset::Format::kAuto, codings.front()};
+  if (codings.size() != 1) return c;
+  if (c.name == "deflate") {
+    c.kind = ContentCoding::kCompressed;
+  } else if (c.name == "gzip" || c.name == "x-gzip") {
+    c.kind = ContentCoding::kCompressed;
+    c.format = ruleset::Format::kGzip;
+  }
+  return c;
+}
+
 }  // namespace rs::api

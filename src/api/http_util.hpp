@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "proto/http.hpp"
+#include "ruleset/lib/codec.hpp"
 
 namespace rs::api {
 
@@ -65,5 +66,14 @@ bool accepts_encoding(const proto::HttpHeaders& headers, std::string_view coding
 // Every comma-separated element of every field named `name`, trimmed and
 // lower-cased, empty elements skipped ("gzip, chunked" -> {gzip, chunked}).
 std::vector<std::string> header_list(const proto::HttpHeaders& headers, std::string_view name);
+
+// How a message body is compressed, from its Content-Encoding: nothing (or
+// identity), one of deflate (zlib or raw), gzip and x-gzip, or something else.
+struct ContentCoding {
+  enum Kind { kIdentity, kCompressed, kUnsupported } kind = kIdentity;
+  ruleset::Format format = ruleset::Format::kAuto;  // for kCompressed
+  std::string name;                                 // as sent, for messages
+};
+ContentCoding content_coding(const proto::HttpHeaders& headers);
 
 }  // namespace rs::api

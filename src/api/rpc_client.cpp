@@ -296,21 +296,16 @@ void RpcCall::process(bool eof) {
 }
 
 void RpcCall::complete() {
-  auto codings = header_list(head_.headers, "Content-Encoding");
-  std::erase(codings, "identity");
-  if (!codings.empty()) {
-    std::optional<ruleset::Format> format;
-    if (codings.size() == 1 && codings[0] == "deflate") format = ruleset::Format::kAuto;
-    if (codings.size() == 1 && (codings[0] == "gzip" || codings[0] == "x-gzip"))
-      format = ruleset::Format::kGzip;
-    if (!format) {
-      finish(false, fmt::format("rpc {}: unsupported Content-Encoding", addr_));
-      return;
-    }
+  const ContentCoding coding = content_coding(head_.headers);
+  if (coding.kind == ContentCoding::kUnsupported) {
+    finish(false, fmt::format("rpc {}: unsupported Content-Encoding {}", addr_, coding.name));
+    return;
+  }
+  if (coding.kind == ContentCoding::kCompressed) {
     std::string err;
-    auto decoded = ruleset::inflate_body(body_, *format, kMaxBody, &err);
+    auto decoded = ruleset::inflate_body(body_, coding.format, kMaxBody, &err);
     if (!decoded) {
-      finish(false, fmt::format("rpc {}: corrupt {} response: {}", addr_, codings[0], err));
+      finish(false, fmt::format("rpc {}: corrupt {} response: {}", addr_, coding.name, err));
       return;
     }
     body_ = std::move(*decoded);
