@@ -140,6 +140,27 @@ Fed feed_all(std::string_view in, size_t step, size_t limit = 1 << 20) {
   return {st, body, used};
 }
 
+TEST(ContentCoding, KnownUnknownAndIdentity) {
+  EXPECT_EQ(content_coding(headers({})).kind, ContentCoding::kIdentity);
+  EXPECT_EQ(content_coding(headers({{"Content-Encoding", "identity"}})).kind,
+            ContentCoding::kIdentity);
+  auto deflate = content_coding(headers({{"Content-Encoding", "Deflate"}}));
+  EXPECT_EQ(deflate.kind, ContentCoding::kCompressed);
+  EXPECT_EQ(deflate.format, ruleset::Format::kAuto);  // zlib or raw
+  for (const char* gz : {"gzip", "x-gzip", "identity, gzip"}) {
+    auto c = content_coding(headers({{"Content-Encoding", gz}}));
+    EXPECT_EQ(c.kind, ContentCoding::kCompressed) << gz;
+    EXPECT_EQ(c.format, ruleset::Format::kGzip) << gz;
+  }
+  auto br = content_coding(headers({{"Content-Encoding", "br"}}));
+  EXPECT_EQ(br.kind, ContentCoding::kUnsupported);
+  EXPECT_EQ(br.name, "br");
+  // Two codings stacked are not supported either.
+  EXPECT_EQ(
+      content_coding(headers({{"Content-Encoding", "gzip"}, {"Content-Encoding", "deflate"}})).kind,
+      ContentCoding::kUnsupported);
+}
+
 TEST(Chunked, DecodesInAnyPieces) {
   const std::string in = "5\r\nhello\r\n7;ext=\"v\"\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
   for (size_t step : {size_t{1}, size_t{2}, size_t{3}, size_t{7}, in.size()}) {
