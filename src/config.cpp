@@ -49,7 +49,9 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("IP[:PORT]");
   app.add_option("-i,--netdev", c.netdev, "bind outbound connections to network device NAME")
       ->type_name("NAME");
-  app.add_option("-t,--timeout", c.timeout, "half-open (handshake and dial) timeout in seconds")
+  app.add_option("-t,--timeout", c.timeout,
+                 "seconds allowed for a handshake and dial, an idle API connection, and a "
+                 "half-closed relay without traffic")
       ->check(CLI::Range(0.1, 86400.0))
       ->capture_default_str();
   app.add_flag("--bidir-timeout", c.bidir_timeout,

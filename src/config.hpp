@@ -28,7 +28,7 @@ struct Config {
   std::string user;    // -u user[:group]
   int family = 0;      // 4: -4, 6: -6, 0: any
   int loglevel = 4;
-  double timeout = 60.0;  // -t: half-open (handshake/dial) timeout
+  double timeout = 60.0;  // -t: handshake+dial, idle API, half-closed relay
   bool bidir_timeout = false;
   bool pipe = false;
   bool reuseport = false;
