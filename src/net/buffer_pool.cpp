@@ -55,6 +55,7 @@ class Pools {
     if (pipes_.empty()) {
       int fds[2];
       if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+      ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(kPipeSize));  // best effort
       read_fd = fds[0];
       write_fd = fds[1];
     } else {
@@ -139,7 +140,7 @@ void ChunkBuffer::release() {
 
 ssize_t SplicePipe::fill(int fd) {
   if (read_fd_ < 0 && !pools().take_pipe(read_fd_, write_fd_)) return -1;
-  ssize_t n = ::splice(fd, nullptr, write_fd_, nullptr, kChunkSize, kSpliceFlags);
+  ssize_t n = ::splice(fd, nullptr, write_fd_, nullptr, kPipeSize, kSpliceFlags);
   if (n > 0) {
     pending_ = static_cast<size_t>(n);
   } else {
@@ -159,8 +160,12 @@ ssize_t SplicePipe::drain(int fd) {
 }
 
 bool SplicePipe::spill(ChunkBuffer& buf) {
-  // A pipe holds at most one chunk and a read(2) from a pipe returns all it
-  // holds up to the size asked, so one read into an empty chunk moves it all.
+  // A read(2) from a pipe returns all it holds up to the size asked, so one
+  // read into an empty chunk moves up to a chunk's worth.
+  if (pending_ > kChunkSize) {
+    errno = EIO;
+    return false;
+  }
   ssize_t n = buf.fill(read_fd_);
   if (n != static_cast<ssize_t>(pending_)) {
     if (n >= 0) errno = EIO;

@@ -16,9 +16,14 @@
 
 namespace rs::net {
 
-// One chunk: a buffer's capacity and the most one splice(2) moves into a pipe
-// (the default pipe capacity, so a pipe is never asked to hold more).
+// One chunk: a buffer's capacity.
 inline constexpr size_t kChunkSize = 64 * 1024;
+// What a pipe is asked to hold (F_SETPIPE_SZ; fs.pipe-max-size's default, so
+// any user may ask) and the most one splice(2) moves into it. Large pipes
+// halve the CPU per byte of a bulk transfer against 64 KiB ones; the kernel
+// allocates their pages only as bytes arrive, and where it refuses the size a
+// pipe keeps its default capacity, which splice(2) simply fills.
+inline constexpr size_t kPipeSize = 1024 * 1024;
 
 struct PoolCounters {
   size_t buffers_in_use = 0;  // held by a ChunkBuffer with pending bytes
@@ -64,7 +69,7 @@ class SplicePipe {
   ~SplicePipe() { release(); }
 
   size_t pending() const { return pending_; }
-  // One splice(2) of up to kChunkSize bytes from `fd` into a pipe taken from
+  // One splice(2) of up to kPipeSize bytes from `fd` into a pipe taken from
   // the pool; requires pending() == 0. Returns like ChunkBuffer::fill; when no
   // pipe can be made, -1 with pipe2's errno (EMFILE, ENFILE).
   ssize_t fill(int fd);
@@ -72,7 +77,9 @@ class SplicePipe {
   // with errno. The pipe goes back once empty.
   ssize_t drain(int fd);
   // Moves all pending bytes into the empty `buf` (for a destination that
-  // refuses splice). Returns false, errno set, if they could not all be moved.
+  // refuses splice). Returns false, errno set, if they could not all be moved,
+  // e.g. more than one chunk's worth (EIO): stream sockets never refuse splice,
+  // so this fallback is for exotic destinations only.
   bool spill(ChunkBuffer& buf);
   // Returns an empty pipe to the pool; one with bytes left in it is closed.
   void release();

@@ -11,8 +11,8 @@
 namespace rs::net {
 namespace {
 
-// Reads per wakeup before yielding to other sessions: up to 1 MiB.
-constexpr int kMaxRounds = 16;
+// Bytes one pump moves per wakeup before yielding to other sessions.
+constexpr size_t kWakeupBudget = 1024 * 1024;
 
 bool would_block(int err) {
   return err == EAGAIN || err == EWOULDBLOCK;
@@ -130,7 +130,7 @@ void Relay::Pump::stop() {
 }
 
 void Relay::Pump::on_readable() {
-  for (int round = 0; round < kMaxRounds; ++round) {
+  for (size_t moved = 0; moved < kWakeupBudget;) {
     ssize_t n = fill();
     if (n == 0) {
       on_eof();
@@ -145,7 +145,8 @@ void Relay::Pump::on_readable() {
     if (flush() != Flush::kDone) return;
     // A short read means the socket is drained; readiness is level-triggered,
     // so skipping the read that would say EAGAIN loses nothing.
-    if (static_cast<size_t>(n) < kChunkSize) return;
+    if (static_cast<size_t>(n) < (splice_ ? kPipeSize : kChunkSize)) return;
+    moved += static_cast<size_t>(n);
   }
 }
 
