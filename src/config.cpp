@@ -26,12 +26,12 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
 
   app.add_option("-l,--listen", c.listen, "listen for SOCKS4/4A/5 on ADDR (repeatable)")
       ->type_name("ADDR");
-  auto* http = app.add_option("--http", c.http_listen,
-                              "listen for HTTP CONNECT on ADDR (repeatable); without ADDR, "
-                              "every -l listener speaks HTTP CONNECT")
-                   ->type_name("[ADDR]")
-                   ->expected(0, 1)
-                   ->allow_extra_args(false);
+  app.add_option("--http", c.http_listen,
+                 "listen for HTTP CONNECT on ADDR (repeatable); without ADDR, "
+                 "the -l listeners speak HTTP CONNECT only")
+      ->type_name("[ADDR]")
+      ->expected(0, 1)
+      ->allow_extra_args(false);
   app.add_option("-f,--forward", c.forward, "forward every connection to ADDR (port forwarding)")
       ->type_name("ADDR");
   app.add_option("-x,--proxy", c.proxy,
@@ -99,7 +99,8 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (http->count() > 0 && c.http_listen.empty()) c.http_all = true;
+  // A bare --http comes out of CLI11 as an empty entry: it means "every -l".
+  if (std::erase(c.http_listen, std::string()) > 0) c.http_all = true;
   if (!max_startups.empty()) {
     auto m = parse_max_startups(max_startups);
     if (!m) {
