@@ -214,7 +214,8 @@ end
 _G.list = list
 
 -- [[ rlist: ring buffer of fixed capacity ]] --
--- r:get(1) is the newest item, r:get(r.len) (or r:get(-1)) the oldest.
+-- r:get(1) is the newest item, r:get(r.len) (or r:get(-1)) the oldest; the
+-- count is the field r.len (a method of that name would be hidden by it).
 local rlist = {}
 local rlist_mt = { __name = "rlist", __index = rlist }
 
@@ -266,10 +267,6 @@ function rlist:get(i)
         p = p + self.cap
     end
     return self[p]
-end
-
-function rlist:len()
-    return self.len
 end
 
 function rlist:clear()

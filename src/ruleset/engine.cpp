@@ -224,7 +224,12 @@ std::unique_ptr<Cancellable> Engine::rpcall(std::string_view chunk,
                                             std::function<void(std::string)> cb) {
   lua_State* L = rt_->L();
   StackGuard guard(L);
-  auto on_done = [cb = std::move(cb)](Outcome out) { cb(rpc_reply(out)); };
+  auto on_done = [cb = std::move(cb)](Outcome out) {
+    // The caller gets the error too, but a neosocksd.invoke caller never
+    // looks: say it here as well.
+    if (!out.ok) log::warning("ruleset: rpcall: {}", out.error);
+    cb(rpc_reply(out));
+  };
   std::string err;
   uint64_t id = 0;
   if (!load_chunk(L, chunk, "=(rpcall)", &err)) {

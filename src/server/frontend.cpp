@@ -101,10 +101,14 @@ class Socks5Frontend final : public Frontend {
     if (r.need_more()) return {};
     if (r.failed()) return fail({}, "socks5: " + r.error);
     using namespace proto::socks5;
+    // Credentials are asked for when something will look at them, and taken
+    // from a client that offers nothing else.
+    const bool password = r.value.offers(kMethodPassword);
+    const bool noauth = r.value.offers(kMethodNoAuth) && !opts_.auth_required;
     uint8_t method = kMethodNoAcceptable;
-    if (r.value.offers(kMethodPassword) && (opts_.auth_required || opts_.want_credentials))
+    if (password && (opts_.auth_required || opts_.want_credentials || !noauth))
       method = kMethodPassword;
-    else if (r.value.offers(kMethodNoAuth) && !opts_.auth_required)
+    else if (noauth)
       method = kMethodNoAuth;
     if (method == kMethodNoAcceptable)
       return fail(bytes(proto::method_reply(method)), "socks5: no acceptable method");
@@ -151,6 +155,10 @@ class HttpFrontend final : public Frontend {
   const char* name() const override { return "http"; }
 
   Step feed(std::span<const uint8_t> in) override {
+    // A method is a token of letters: anything else (a SOCKS client on an
+    // HTTP-only port, say) is refused now rather than after the timeout.
+    if (!in.empty() && !std::isalpha(in[0]))
+      return fail(error_response(400, "not an HTTP request"), "http: not an HTTP request");
     auto r = proto::parse_http_request(in);
     if (r.need_more()) return {};
     if (r.failed()) {

@@ -130,6 +130,17 @@ TEST(Socks5Frontend, NoAuthPreferredWithoutRuleset) {
   EXPECT_EQ(s.out, str({5, 0}));
 }
 
+TEST(Socks5Frontend, PasswordOnlyClientIsServedWithoutRuleset) {
+  // Offers only username/password: taken, and any non-empty username passes.
+  auto fe = make_socks5_frontend({});
+  Step s = fe->feed(proto::to_bytes(str({5, 1, 2})));
+  ASSERT_EQ(s.status, Step::kReply);
+  EXPECT_EQ(s.out, str({5, 2}));
+  s = fe->feed(proto::to_bytes(str({1, 1, 'u', 1, 'p'})));
+  ASSERT_EQ(s.status, Step::kReply);
+  EXPECT_EQ(s.out, str({1, 0}));
+}
+
 TEST(Socks5Frontend, UnsupportedCommands) {
   for (int cmd : {2, 3, 9}) {
     auto fe = make_socks5_frontend({});
@@ -181,6 +192,15 @@ TEST(HttpFrontend, Connect) {
   ASSERT_EQ(s.status, Step::kRequest);
   EXPECT_EQ(s.request.target.to_string(), "example.org:443");
   EXPECT_EQ(fe->reply(DialError::kOk), "HTTP/1.1 200 Connection established\r\n\r\n");
+}
+
+TEST(HttpFrontend, NonHttpFirstByteFailsAtOnce) {
+  for (int first : {5, 4, 0, int{'\r'}, int{'{'}}) {
+    auto fe = make_http_frontend({});
+    Step s = fe->feed(proto::to_bytes(str({first})));
+    ASSERT_EQ(s.status, Step::kFail) << first;
+    EXPECT_TRUE(s.out.starts_with("HTTP/1.1 400 ")) << s.out;
+  }
 }
 
 TEST(HttpFrontend, Credentials) {
