@@ -28,7 +28,8 @@ bool is_loopback(const SockAddr& sa) {
     return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
   }
   auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa.get());
-  return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) || IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
+  if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
 }
 
 bool is_wildcard(const SockAddr& sa) {
@@ -37,13 +38,25 @@ bool is_wildcard(const SockAddr& sa) {
   return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(sa.get())->sin6_addr);
 }
 
-// A listener on a wildcard address is reachable at any local address; we
-// check the loopback ones and the wildcard itself (which connects locally).
+// Before connecting: the denied address itself, or a wildcard destination
+// (which connects locally) on a denied wildcard listener's port.
 bool is_denied(const SockAddr& sa, const std::vector<SockAddr>& deny) {
   for (const auto& d : deny) {
     if (d.port() != sa.port()) continue;
     if (d.to_string() == sa.to_string()) return true;
-    if (is_wildcard(d) && (is_loopback(sa) || is_wildcard(sa))) return true;
+    if (is_wildcard(d) && is_wildcard(sa)) return true;
+  }
+  return false;
+}
+
+// Once connected: a wildcard listener is reachable at every address of this
+// host, which no list can name. Those are the loopback ones, and the others
+// (LAN addresses) are recognised because a connection to one of this host's
+// own addresses has that same address at its local end.
+bool reaches_denied_wildcard(int fd, const SockAddr& sa, const std::vector<SockAddr>& deny) {
+  for (const auto& d : deny) {
+    if (d.port() != sa.port() || !is_wildcard(d)) continue;
+    return is_loopback(sa) || local_of(fd).to_address().host == sa.to_address().host;
   }
   return false;
 }
@@ -153,6 +166,14 @@ void Dialer::on_connect() {
     return;
   }
   io_.stop();
+  const SockAddr& sa = addrs_[next_addr_ - 1];
+  if (chain_.empty() && deny_ && reaches_denied_wildcard(fd_.get(), sa, *deny_)) {
+    last_error_ = DialError::kNotAllowed;
+    last_message_ = fmt::format("{} is not reachable through the proxy", sa.to_string());
+    fd_.reset();
+    connect_next();
+    return;
+  }
   hop_ = 0;
   begin_hop();
 }

@@ -22,7 +22,7 @@ import time
 import unittest
 
 from harness import (
-    BIN, LOOP4, LOOP6, IntegrationCase, Origin, Proxy, connect, curl, free_port,
+    BIN, HERE, LOOP4, LOOP6, IntegrationCase, Origin, Proxy, connect, curl, free_port,
     has_ipv6_loopback, read_http_response, recv_exact, socks4_request, socks5_handshake,
     wait_until,
 )
@@ -358,6 +358,21 @@ class ApiExposure(RulesetCase):
                             "-w", "%{http_code}", "-o", "/dev/null",
                             "http://api.neosocksd.internal/healthy", timeout=10)
         self.assertEqual((rc, out), (0, b"200"), err)
+
+
+class WildcardApi(IntegrationCase):
+    """--api 0.0.0.0:PORT is reachable at every local address: none of them
+    may be dialled through the proxy (the dialer checks once connected)."""
+
+    def test_every_local_address_is_refused(self):
+        api = free_port()
+        for extra in ((), ("-r", os.path.join(HERE, "..", "..", "lua", "ruleset.lua"))):
+            proxy = self.start_proxy("--api", f"0.0.0.0:{api}", *extra, extra_ports=(api,))
+            for host in ("127.0.0.1", "127.0.0.2", "127.9.9.9"):
+                with connect(proxy.port) as s:
+                    _, rep = socks5_handshake(s, host, api)
+                self.assertEqual(rep, 0x02, f"{host}:{api} with {extra or 'no ruleset'}")
+            proxy.stop()
 
 
 class Loading(IntegrationCase):
