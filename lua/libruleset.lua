@@ -1654,26 +1654,18 @@ end
 
 -- [[ ruleset callbacks ]] --
 
-function M.resolve(addr, username, password)
-    if not admit("resolve", addr, username, password) then
-        return nil
+-- ruleset.resolve / route / route6: authentication, then the rule tables
+local function callback(what, decide)
+    return function(addr, username, password)
+        if not admit(what, addr, username, password) then
+            return nil
+        end
+        return decide(addr)
     end
-    return resolve(addr)
 end
-
-function M.route(addr, username, password)
-    if not admit("route", addr, username, password) then
-        return nil
-    end
-    return route4(addr)
-end
-
-function M.route6(addr, username, password)
-    if not admit("route6", addr, username, password) then
-        return nil
-    end
-    return route6(addr)
-end
+M.resolve = callback("resolve", resolve)
+M.route = callback("route", route4)
+M.route6 = callback("route6", route6)
 
 function M.tick(now)
     _G.stat_requests:push(_G.num_requests)
