@@ -104,14 +104,11 @@ void Dialer::start(proto::Address target, std::vector<proto::ProxyUri> chain,
                                 });
     return;
   }
-  // Connecting from start() could fail synchronously; keep the callback
-  // contract by running the attempt from the loop.
-  stage_ = Stage::kConnecting;
-  kick_.set_callback([this](int) {
-    kick_.stop();
-    connect_next();
-  });
-  kick_.start();
+  // Connect now (no loop iteration lost); a failure found here is delivered
+  // from the loop, since the callback never runs inside start().
+  in_start_ = true;
+  connect_next();
+  in_start_ = false;
 }
 
 void Dialer::connect_next() {
@@ -274,6 +271,12 @@ void Dialer::cancel() {
 
 void Dialer::finish(DialError err, std::string msg) {
   if (stage_ == Stage::kDone) return;
+  if (in_start_) {
+    last_error_ = err;
+    last_message_ = std::move(msg);
+    kick_.start();
+    return;
+  }
   UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};
   auto cb = std::move(cb_);
   cancel();

@@ -73,7 +73,8 @@ class Dialer {
   UniqueFd fd_;
   ev::Io io_;
   ev::Timer timer_;
-  ev::Idle kick_;  // delivers failures detected inside start() from the loop
+  ev::Idle kick_;          // delivers failures detected inside start() from the loop
+  bool in_start_ = false;  // finish() must defer to kick_
 
   size_t hop_ = 0;  // index of the hop whose handshake is running
   std::unique_ptr<HopHandshake> hs_;
