@@ -21,6 +21,12 @@ const std::string& busy_response() {
   return response;
 }
 
+// Replies go out whole: no Nagle delay (accepted sockets inherit it).
+void nodelay(int fd) {
+  int on = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+}
+
 ConnectionLimits limits_of(const ApiOptions& opts) {
   ConnectionLimits l;
   l.timeout = opts.timeout;
@@ -39,7 +45,7 @@ ApiServer::ApiServer(ev::Loop* loop, const net::SockAddr& listen, ApiBackend& ba
       deferred_(loop),
       endpoints_(loop, backend, opts.started > 0 ? opts.started : ev_now(loop)),
       acceptor_(
-          loop, listen, {.name = "api", .backlog = 128},
+          loop, listen, {.name = "api", .backlog = 128, .reuseport = false, .tune = nodelay},
           [this](UniqueFd fd, const net::SockAddr& peer) { on_accept(std::move(fd), peer); }) {}
 
 ApiServer::~ApiServer() {
@@ -63,8 +69,6 @@ void ApiServer::on_accept(UniqueFd client, const net::SockAddr& from) {
     reject(std::move(client), from);
     return;
   }
-  int on = 1;
-  ::setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
   auto conn = std::make_unique<ApiConnection>(loop_, std::move(client), from, limits_, endpoints_,
                                               deferred_, [this](ApiConnection* c) { closed(c); });
   ApiConnection* raw = conn.get();

@@ -27,6 +27,7 @@ UniqueFd listen_tcp(const SockAddr& addr, const AcceptorOptions& opts) {
   if (opts.reuseport && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0)
     fail("SO_REUSEPORT");
   if (addr.family() == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on);
+  if (opts.tune) opts.tune(fd.get());
   if (::bind(fd.get(), addr.get(), addr.len) != 0) fail("bind");
   if (::listen(fd.get(), opts.backlog) != 0) fail("listen");
   return fd;

@@ -20,6 +20,10 @@ struct AcceptorOptions {
   std::string name = "listener";  // for log lines: "<name> on <addr>: ..."
   int backlog = 4096;
   bool reuseport = false;  // SO_REUSEPORT: several processes share the port
+  // Applied to the listening socket before listen(). Accepted sockets inherit
+  // its options (TCP_NODELAY, SO_KEEPALIVE, buffer sizes), which saves
+  // setting them on every connection.
+  std::function<void(int fd)> tune;
 };
 
 class Acceptor {

@@ -61,7 +61,9 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   if (auto bound = control_->api_address()) protected_.push_back(*bound);
 
   auto add = [&](const std::string& text, ListenerKind kind) {
-    net::AcceptorOptions opts{.name = "listener", .reuseport = cfg.reuseport};
+    net::AcceptorOptions opts{.name = "listener",
+                              .reuseport = cfg.reuseport,
+                              .tune = [this](int fd) { net::tune_socket(fd, dial_); }};
     listeners_.push_back(std::make_unique<net::Acceptor>(
         loop, parse_listen(text), opts, [this, kind](UniqueFd fd, const net::SockAddr& peer) {
           on_accept(std::move(fd), peer, kind);
@@ -118,7 +120,6 @@ void Server::on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind
     log::debug("{}: refused (too many sessions)", peer);
     return;
   }
-  net::tune_socket(fd.get(), dial_);
   sessions_.push_back(std::make_unique<Session>(*this, std::move(fd), peer, kind));
   sessions_.back()->start(std::prev(sessions_.end()));
 }
