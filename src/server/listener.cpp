@@ -1,5 +1,6 @@
 #include "server/listener.hpp"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -11,6 +12,15 @@
 #include "server/server.hpp"
 
 namespace rs::server {
+
+namespace {
+
+// The spare descriptor: any cheap fd will do.
+UniqueFd open_spare() {
+  return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
+
+}  // namespace
 
 UniqueFd listen_tcp(const net::SockAddr& addr, bool reuseport) {
   UniqueFd fd(socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
@@ -34,6 +44,7 @@ Listener::Listener(Server& server, const net::SockAddr& addr, ListenerKind kind,
       addr_(addr),
       kind_(kind),
       fd_(listen_tcp(addr, reuseport)),
+      spare_(open_spare()),
       io_(server.loop(), [this](int) { on_accept(); }),
       backoff_(server.loop(), [this](int) { io_.start(); }) {
   // Port 0 asks the kernel for a port: record which one we got.
@@ -65,6 +76,8 @@ void Listener::on_accept() {
           return;
         case EMFILE:
         case ENFILE:
+          if (refuse_pending()) return;
+          [[fallthrough]];
         case ENOBUFS:
         case ENOMEM:
           log::warning("accept on {}: {}; pausing for 0.5 s", addr_.to_string(),
@@ -89,6 +102,41 @@ void Listener::on_accept() {
     }
     server_.add_session(std::move(client), *peer, kind_);
   }
+}
+
+// Out of descriptors, a pending client would wait in the backlog, unanswered,
+// until some session ends. Instead the spare descriptor makes room to accept
+// each pending client and close it at once, so it learns promptly that it is
+// refused (libev's "the special problem of accept()ing when you can't").
+// Returns true when the backlog is drained; false when the spare is gone or
+// accept fails otherwise (then the caller pauses instead).
+bool Listener::refuse_pending() {
+  if (!spare_) spare_ = open_spare();
+  if (!spare_) return false;
+  auto& st = server_.stats();
+  for (int i = 0; i < 64; ++i) {
+    spare_.reset();
+    int err = 0;
+    {
+      UniqueFd client(accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!client) err = errno;
+    }  // a refused client is closed unanswered
+    spare_ = open_spare();
+    if (err != 0) {
+      errno = err;
+      // Drained; anything else (still EMFILE?) makes the caller pause.
+      return err == EAGAIN || err == EINTR || err == ECONNABORTED;
+    }
+    ++st.accepted;
+    ++st.refused;
+    const double now = ev_now(server_.loop());
+    if (now - last_refusal_log_ >= 1.0) {
+      last_refusal_log_ = now;
+      log::warning("accept on {}: out of file descriptors; refusing new connections",
+                   addr_.to_string());
+    }
+  }
+  return true;
 }
 
 }  // namespace rs::server

@@ -21,13 +21,19 @@ class Listener {
 
  private:
   void on_accept();
+  // Out of fds: accepts and closes pending clients using spare_.
+  bool refuse_pending();
 
   Server& server_;
   net::SockAddr addr_;
   ListenerKind kind_;
   UniqueFd fd_;
+  // Held open so that, out of file descriptors, pending clients can still be
+  // accepted and closed rather than left waiting (see refuse_pending()).
+  UniqueFd spare_;
   ev::Io io_;
-  // Out of file descriptors: pause accepting instead of spinning on EMFILE.
+  double last_refusal_log_ = -1e9;
+  // Out of memory, or no spare fd: pause accepting instead of spinning.
   ev::Timer backoff_;
 };
 
