@@ -72,7 +72,7 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
   app.add_option("-u,--user", c.user, "drop privileges to user[:group] after binding")
       ->type_name("USER[:GROUP]");
   app.add_option("-m,--max-sessions", c.max_sessions,
-                 "refuse beyond N concurrent sessions (0: no limit)")
+                 "refuse beyond N concurrent sessions (0: as many as RLIMIT_NOFILE allows)")
       ->type_name("N")
       ->capture_default_str();
   std::string max_startups;

@@ -45,7 +45,8 @@ ApiServer::ApiServer(ev::Loop* loop, const net::SockAddr& listen, ApiBackend& ba
       deferred_(loop),
       endpoints_(loop, backend, opts.started > 0 ? opts.started : ev_now(loop)),
       acceptor_(
-          loop, listen, {.name = "api", .backlog = 128, .reuseport = false, .tune = nodelay},
+          loop, listen,
+          {.name = "api", .backlog = 128, .reuseport = false, .tune = nodelay, .refused = {}},
           [this](UniqueFd fd, const net::SockAddr& peer) { on_accept(std::move(fd), peer); }) {}
 
 ApiServer::~ApiServer() {

@@ -1,5 +1,6 @@
 #include "net/acceptor.hpp"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -13,7 +14,12 @@ namespace rs::net {
 namespace {
 
 constexpr int kBatch = 64;        // connections per wakeup
-constexpr double kBackoff = 0.5;  // seconds paused when out of descriptors
+constexpr double kBackoff = 0.5;  // seconds paused when nothing else helps
+
+// The spare descriptor: any cheap fd will do.
+UniqueFd open_spare() {
+  return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
 
 UniqueFd listen_tcp(const SockAddr& addr, const AcceptorOptions& opts) {
   UniqueFd fd(::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
@@ -39,6 +45,7 @@ Acceptor::Acceptor(ev::Loop* loop, const SockAddr& addr, AcceptorOptions opts, C
     : opts_(std::move(opts)),
       fd_(listen_tcp(addr, opts_)),
       cb_(std::move(cb)),
+      spare_(open_spare()),
       io_(loop, [this](int) { on_readable(); }),
       backoff_(loop, [this](int) { io_.start(); }) {
   addr_ = local_of(fd_.get());
@@ -68,6 +75,8 @@ void Acceptor::on_readable() {
           return;
         case EMFILE:
         case ENFILE:
+          if (refuse_pending()) return;
+          [[fallthrough]];
         case ENOBUFS:
         case ENOMEM:
           // The connection stays in the backlog; try again a little later.
@@ -85,6 +94,27 @@ void Acceptor::on_readable() {
     auto peer = SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
     if (peer) cb_(std::move(client), *peer);
   }
+}
+
+bool Acceptor::refuse_pending() {
+  if (!spare_) spare_ = open_spare();
+  if (!spare_) return false;
+  for (int i = 0; i < kBatch; ++i) {
+    spare_.reset();
+    const int fd = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    const int err = fd < 0 ? errno : 0;
+    if (fd >= 0) ::close(fd);  // refused: closed unanswered
+    spare_ = open_spare();
+    if (err != 0) return err == EAGAIN || err == EINTR || err == ECONNABORTED;
+    if (opts_.refused) opts_.refused();
+    const double now = ev_now(io_.loop());
+    if (now - last_refusal_log_ >= 1.0) {
+      last_refusal_log_ = now;
+      log::warning("{} on {}: out of file descriptors; refusing new connections", opts_.name,
+                   addr_);
+    }
+  }
+  return true;
 }
 
 }  // namespace rs::net

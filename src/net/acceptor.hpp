@@ -1,7 +1,8 @@
 // A listening TCP socket on the loop. It accepts in bounded batches (one busy
-// listener cannot starve the loop) and hands every connection to its owner;
-// when the process runs out of file descriptors it pauses for a moment instead
-// of spinning on EMFILE.
+// listener cannot starve the loop) and hands every connection to its owner.
+// Out of file descriptors, it still accepts pending clients, with a spare fd
+// kept for that, and closes them at once: they learn they are refused instead
+// of waiting unanswered in the backlog, and the listener does not spin.
 //
 // Ownership: the Acceptor owns the listening fd and its watchers; each accepted
 // fd (non-blocking, close-on-exec) is handed over to the callback.
@@ -24,6 +25,9 @@ struct AcceptorOptions {
   // its options (TCP_NODELAY, SO_KEEPALIVE, buffer sizes), which saves
   // setting them on every connection.
   std::function<void(int fd)> tune;
+  // Called for each client closed unserved because the process was out of
+  // file descriptors (for counters).
+  std::function<void()> refused;
 };
 
 class Acceptor {
@@ -44,11 +48,16 @@ class Acceptor {
 
  private:
   void on_readable();
+  // Out of fds: accepts and closes pending clients using spare_. False when
+  // that did not drain the backlog (then the caller pauses instead).
+  bool refuse_pending();
 
   AcceptorOptions opts_;
   SockAddr addr_;
   UniqueFd fd_;
   Callback cb_;
+  UniqueFd spare_;  // given up for a moment to accept a client when out of fds
+  double last_refusal_log_ = -1e9;
   ev::Io io_;
   ev::Timer backoff_;  // accepting paused after EMFILE and friends
 };

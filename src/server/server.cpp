@@ -1,5 +1,10 @@
 #include "server/server.hpp"
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <random>
 #include <stdexcept>
 
@@ -26,10 +31,30 @@ net::Family family_of(int f) {
   return f == 4 ? net::Family::kOnlyV4 : f == 6 ? net::Family::kOnlyV6 : net::Family::kAny;
 }
 
+size_t fd_limit_now() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    return std::numeric_limits<size_t>::max();
+  return sessions_for_fd_limit(rl.rlim_cur);
+}
+
 }  // namespace
 
+size_t sessions_for_fd_limit(uint64_t nofile) {
+  if (nofile >= std::numeric_limits<size_t>::max() / 2) return std::numeric_limits<size_t>::max();
+  const uint64_t headroom = std::clamp<uint64_t>(nofile / 16, 16, 256);
+  if (nofile < headroom + 2) return 1;
+  return static_cast<size_t>((nofile - headroom) / 2);
+}
+
 Server::Server(ev::Loop* loop, const Config& cfg)
-    : loop_(loop), cfg_(cfg), deferred_(loop), start_time_(ev_now(loop)) {
+    : loop_(loop),
+      cfg_(cfg),
+      deferred_(loop),
+      fd_sessions_(fd_limit_now()),
+      start_time_(ev_now(loop)) {
+  if (fd_sessions_ != std::numeric_limits<size_t>::max())
+    log::info("RLIMIT_NOFILE allows {} concurrent sessions", fd_sessions_);
   resolver_ = std::make_unique<net::Resolver>(
       loop,
       net::ResolverOptions{family_of(cfg.family), cfg.nameserver, std::min(cfg.timeout, 10.0)});
@@ -63,7 +88,12 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   auto add = [&](const std::string& text, ListenerKind kind) {
     net::AcceptorOptions opts{.name = "listener",
                               .reuseport = cfg.reuseport,
-                              .tune = [this](int fd) { net::tune_socket(fd, dial_); }};
+                              .tune = [this](int fd) { net::tune_socket(fd, dial_); },
+                              .refused =
+                                  [this] {
+                                    ++stats_.accepted;
+                                    ++stats_.refused;
+                                  }};
     listeners_.push_back(std::make_unique<net::Acceptor>(
         loop, parse_listen(text), opts, [this, kind](UniqueFd fd, const net::SockAddr& peer) {
           on_accept(std::move(fd), peer, kind);
@@ -104,6 +134,15 @@ ruleset::Engine* Server::engine() {
 bool Server::admit() {
   if (stopping_) return false;
   if (cfg_.max_sessions > 0 && stats_.sessions >= cfg_.max_sessions) return false;
+  if (stats_.sessions >= fd_sessions_) {
+    const double now = ev_now(loop_);
+    if (now - last_fd_warning_ >= 10.0) {
+      last_fd_warning_ = now;
+      log::warning("{} sessions: the most RLIMIT_NOFILE allows; refusing new connections",
+                   stats_.sessions);
+    }
+    return false;
+  }
   const auto& m = cfg_.max_startups;
   if (!m.enabled() || stats_.halfopen < m.start) return true;
   if (stats_.halfopen >= m.full) return false;

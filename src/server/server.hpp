@@ -2,6 +2,8 @@
 // it creates; lives for the whole run on the loop's thread.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <list>
 #include <memory>
 #include <optional>
@@ -30,6 +32,13 @@ class Control;
 class Session;
 
 enum class ListenerKind { kSocks, kHttp, kForward };
+
+// How many sessions a soft RLIMIT_NOFILE of `nofile` can carry: two fds each
+// (client and upstream), after a headroom for everything else (listeners,
+// resolver, API connections, pipes). Beyond it, admitting more clients would
+// only let their sockets take the fds their dials need, so that every dial
+// fails. At least 1; SIZE_MAX for RLIM_INFINITY.
+size_t sessions_for_fd_limit(uint64_t nofile);
 
 class Server {
  public:
@@ -67,7 +76,7 @@ class Server {
   // An accepted client socket: admitted (then owned by a new session) or closed.
   void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
   // Whether a new half-open connection may be accepted now (--max-sessions,
-  // --max-startups).
+  // the fd limit, --max-startups).
   bool admit();
 
   ev::Loop* loop_;
@@ -81,6 +90,8 @@ class Server {
   std::optional<proto::Address> forward_;
   std::vector<net::SockAddr> protected_;
   Stats stats_;
+  size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up
+  double last_fd_warning_ = -1e9;
   double start_time_;
   std::unique_ptr<Control> control_;  // ruleset engine and API; before the sessions that use it
   std::vector<std::unique_ptr<net::Acceptor>> listeners_;

@@ -19,6 +19,8 @@ import http.server
 import os
 import random
 import re
+import resource
+import selectors
 import shutil
 import signal
 import socket
@@ -36,6 +38,9 @@ BIN = os.environ.get("RULESOCKS_BIN") or os.path.join(
 
 MiB = 1024 * 1024
 LOOP4 = "127.0.0.1"
+# True when RULESOCKS_BIN is an ASan+UBSan build (set by tests/integration/CMakeLists.txt):
+# tests that are too slow there scale down.
+SANITIZED = os.environ.get("RULESOCKS_SANITIZED", "0").upper() in ("1", "ON", "TRUE", "YES")
 LOOP6 = "::1"
 
 # Seconds. Generous for a loaded CI machine, small enough to keep the suite fast.
@@ -193,10 +198,11 @@ class Service:
     live = []     # running instances
     started = []  # every instance ever started, in order (for log dumps on failure)
 
-    def __init__(self, cmd, name, ports=()):
+    def __init__(self, cmd, name, ports=(), nofile=None):
         self.cmd = [str(a) for a in cmd]
         self.name = name
         self.ports = {p for p in ports if p}
+        self.nofile = nofile  # RLIMIT_NOFILE soft limit of the child (None: inherit ours)
         self.proc = None
         self.returncode = None
         self.log_path = None
@@ -214,7 +220,8 @@ class Service:
         self.check_binary()
         with self.open_log() as log:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=self._limits if self.nofile else None)
         Service.live.append(self)
         Service.started.append(self)
         deadline = time.monotonic() + START_TIMEOUT
@@ -231,6 +238,10 @@ class Service:
                     f"{START_TIMEOUT} s\ncommand: {' '.join(self.cmd)}\n{self.log_tail()}")
             time.sleep(0.01)
         return self
+
+    def _limits(self):  # runs in the child, between fork and exec
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(self.nofile, hard), hard))
 
     def stop(self, sig=signal.SIGTERM, grace=STOP_GRACE):
         """Signals the process by PID and reaps it; returns (exit code, seconds taken).
@@ -306,6 +317,7 @@ class Proxy(Service):
       socks: add "-l 127.0.0.1:<free port>" (self.port)
       http:  add "--http 127.0.0.1:<free port>" (self.http_port)
       api:   add "--api 127.0.0.1:<free port>" (self.api_port)
+      nofile: RLIMIT_NOFILE soft limit of the proxy process (default: inherited)
       args:  any further flags, e.g. "-t", "1" or "-f", "127.0.0.1:8080"
       extra_ports: listen ports given in `args` that start-up should also wait for
 
@@ -317,7 +329,7 @@ class Proxy(Service):
     """
 
     def __init__(self, *args, socks=True, http=False, api=False, loglevel=6, name="rulesocks",
-                 extra_ports=()):
+                 extra_ports=(), nofile=None):
         ports = free_ports(3)
         self.port = ports[0] if socks else None
         self.http_port = ports[1] if http else None
@@ -331,7 +343,8 @@ class Proxy(Service):
             cmd += ["--api", f"{LOOP4}:{self.api_port}"]
         cmd += list(args)
         self.extra_ports = tuple(extra_ports)  # more listen ports (from args) to wait for
-        super().__init__(cmd, name, (self.port, self.http_port, self.api_port, *self.extra_ports))
+        super().__init__(cmd, name, (self.port, self.http_port, self.api_port, *self.extra_ports),
+                         nofile=nofile)
 
     def check_binary(self):
         if not os.access(BIN, os.X_OK):
@@ -364,6 +377,12 @@ class Proxy(Service):
             kinds[kind] += 1
         kinds.setdefault("pipe", 0)
         return kinds
+
+    def cpu_seconds(self):
+        """User + system CPU time the process has used so far (from /proc/PID/stat)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_kib(self):
         with open(f"/proc/{self.pid}/status") as f:
@@ -1288,3 +1307,318 @@ def lua_values(text):
     if r.peek() != "":
         r.error("trailing text")
     return values
+
+
+# --------------------------------------------------------------------------
+# Load and fault helpers
+# --------------------------------------------------------------------------
+
+def raise_nofile(want=None):
+    """Raises this process's RLIMIT_NOFILE soft limit to `want` (default: the hard limit).
+
+    Processes started afterwards (the proxy) inherit it. Returns the new soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if want is None else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def closed_by_peer(socks, timeout, want=None, quiet=None, min_wait=0.0):
+    """Returns the set of sockets whose peer closed (EOF or reset) within `timeout` s.
+
+    Returns early once all (or `want`) have closed, or, with `quiet`, once
+    `min_wait` s have passed and no socket closed for `quiet` s. Data is read
+    and discarded. Works for thousands of sockets (epoll).
+    """
+    closed = set()
+    want = len(socks) if want is None else want
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        t0 = time.monotonic()
+        deadline, last_close = t0 + timeout, t0
+        while len(closed) < want:
+            now = time.monotonic()
+            left = deadline - now
+            if left <= 0:
+                break
+            if quiet is not None and now - t0 >= min_wait and now - last_close >= quiet:
+                break
+            for key, _ in sel.select(min(left, 0.05)):
+                s = key.fileobj
+                try:
+                    data = s.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # reset
+                    data = b""
+                if not data:
+                    closed.add(s)
+                    sel.unregister(s)
+                    last_close = time.monotonic()
+    return closed
+
+
+def api_stats(api_port, timeout=10):
+    """The text of GET /stats from the API on api_port."""
+    rc, out, err = curl(f"http://{LOOP4}:{api_port}/stats", timeout=timeout)
+    if rc != 0:
+        raise AssertionError(f"/stats failed: rc={rc} {err}")
+    return out.decode()
+
+
+def stats_field(text, name):
+    """The first integer of the "name : ..." line of a /stats text, or None."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            digits = value.split()
+            return int(digits[0]) if digits and digits[0].isdigit() else None
+    return None
+
+
+class DuplexServer:
+    """Raw TCP origin for bidirectional integrity checks, one thread pair per connection.
+
+    A client sends a 16-byte header (!QQ: length n, offset k), then n upload
+    bytes; at the same time the server sends n download bytes, duplex_payload(n, k),
+    followed, once the upload is in, by the 32-byte SHA-256 digest of what it
+    received. So one exchange checks both directions at once. A connection may
+    carry any number of exchanges, one after the other; `exchanges` counts them.
+    """
+
+    HEADER = struct.Struct("!QQ")
+
+    def __init__(self, host=LOOP4, backlog=256):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.bind((host, 0))
+        self.sock.listen(backlog)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.errors = []
+        self.exchanges = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                conn.settimeout(60)
+                while True:
+                    # The client closes after its last exchange (it has read the digest).
+                    head = recv_exact(conn, self.HEADER.size)
+                    if len(head) < self.HEADER.size:
+                        return
+                    n, k = self.HEADER.unpack(head)
+                    sender = threading.Thread(target=conn.sendall,
+                                              args=(duplex_payload(n, k),), daemon=True)
+                    sender.start()
+                    h, left = hashlib.sha256(), n
+                    while left > 0:
+                        chunk = conn.recv(min(left, 256 * 1024))
+                        if not chunk:
+                            break
+                        h.update(chunk)
+                        left -= len(chunk)
+                    sender.join(60)
+                    conn.sendall(h.digest())
+                    with self._lock:
+                        self.exchanges += 1
+            except Exception as e:  # reported through self.errors
+                with self._lock:
+                    self.errors.append(repr(e))
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+_DUPLEX_BASE_LEN = 8 * MiB
+
+
+def duplex_payload(n, k):
+    """n bytes of a fixed random stream starting at offset k (zero-copy memoryview).
+
+    Different offsets give different data everywhere, so sessions that swap
+    bytes are caught, without generating a blob per session.
+    """
+    base = _blob(_DUPLEX_BASE_LEN, "duplex")
+    with _blob_lock:
+        doubled = _blob_cache.get("duplex2")
+        if doubled is None:
+            doubled = _blob_cache["duplex2"] = base + base
+    k %= _DUPLEX_BASE_LEN
+    if n > _DUPLEX_BASE_LEN:
+        raise ValueError("duplex payloads are at most 8 MiB")
+    return memoryview(doubled)[k:k + n]
+
+
+def duplex_exchange(sock, n, up_offset, down_offset):
+    """Runs one DuplexServer exchange on a connected (tunnelled) socket.
+
+    Uploads duplex_payload(n, up_offset) from a second thread while receiving.
+    Returns None if both directions arrived intact, else a description.
+    """
+    up = duplex_payload(n, up_offset)
+    send_error = []
+
+    def send():
+        try:
+            sock.sendall(up)
+        except OSError as e:
+            send_error.append(repr(e))
+
+    sock.sendall(DuplexServer.HEADER.pack(n, down_offset))
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    h, got = hashlib.sha256(), 0
+    tail = bytearray()
+    while got < n + 32:
+        try:
+            chunk = sock.recv(256 * 1024)
+        except (ConnectionResetError, socket.timeout) as e:
+            sender.join(5)
+            return f"after {got} bytes: {e!r}"
+        if not chunk:
+            break
+        body = chunk[:max(0, n - got)]
+        h.update(body)
+        tail += chunk[len(body):]
+        got += len(chunk)
+    sender.join(30)
+    if send_error:
+        return f"upload failed: {send_error[0]}"
+    if got != n + 32:
+        return f"short download: {got} of {n + 32} bytes"
+    if h.digest() != hashlib.sha256(duplex_payload(n, down_offset)).digest():
+        return "download corrupted (sha256 mismatch)"
+    if bytes(tail) != hashlib.sha256(up).digest():
+        return "upload corrupted (the origin's sha256 differs)"
+    return None
+
+
+_HOLD_SCRIPT = r"""
+import os, selectors, socket, sys
+sel = selectors.DefaultSelector()
+ls = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+ls.bind((sys.argv[1], 0))
+ls.listen(int(sys.argv[2]))
+ls.setblocking(False)
+sel.register(ls, selectors.EVENT_READ)
+sel.register(sys.stdin, selectors.EVENT_READ)
+held = set()
+print(ls.getsockname()[1], flush=True)
+while True:
+    for key, _ in sel.select():
+        f = key.fileobj
+        if f is ls:
+            for _ in range(256):
+                try:
+                    c, _ = ls.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+                held.add(c)
+        elif f is sys.stdin:
+            line = sys.stdin.readline()
+            if not line:
+                sys.exit(0)
+            print(len(held), flush=True)
+        else:
+            try:
+                data = f.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(f)
+                held.discard(f)
+                f.close()
+"""
+
+
+class HoldProcess:
+    """A separate process (own fd table) that accepts TCP connections and holds them.
+
+    Connections stay open and silent until their peer closes (then it closes
+    too), so relayed sessions to it are held open as long as the client wants.
+    count() asks it how many it holds. Stopped by closing its stdin, then by PID.
+    """
+
+    def __init__(self, host=LOOP4, backlog=4096, nofile=None):
+        self.host, self.backlog, self.nofile = host, backlog, nofile
+        self.proc = None
+        self.port = None
+
+    def _limits(self):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(self.nofile, hard), hard))
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_SCRIPT, self.host, str(self.backlog)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=self._limits if self.nofile else None)
+        self.port = int(self._readline(START_TIMEOUT))
+        return self
+
+    def _readline(self, timeout):
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise AssertionError("hold process did not answer")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"hold process exited ({self.proc.poll()})")
+        return line.strip()
+
+    def count(self, timeout=10):
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        return int(self._readline(timeout))
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_GRACE)
+        self.proc.stdout.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
