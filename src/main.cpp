@@ -47,8 +47,20 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   rs::ev::Loop* loop = ev_default_loop(EVFLAG_AUTO);
+  // Watched before anything binds: a SIGTERM during start-up (a big ruleset
+  // loading, say) still ends in a graceful exit once the loop runs.
+  rs::server::Server* running = nullptr;
+  auto stop = [&](int) {
+    rs::log::notice("shutting down");
+    if (running) running->shutdown();
+    ev_break(loop, EVBREAK_ALL);
+  };
+  rs::ev::Signal sigint(loop, SIGINT, stop), sigterm(loop, SIGTERM, stop);
+  sigint.start();
+  sigterm.start();
   try {
     rs::server::Server server(loop, cfg);
+    running = &server;
     if (!cfg.user.empty()) drop_privileges(cfg.user);
     if (cfg.daemonize) {
       if (daemon(0, 0) != 0)
@@ -56,16 +68,9 @@ int main(int argc, char** argv) {
       rs::log::use_syslog("rulesocks");
       ev_loop_fork(loop);
     }
-    auto stop = [&](int) {
-      rs::log::notice("shutting down");
-      server.shutdown();
-      ev_break(loop, EVBREAK_ALL);
-    };
-    rs::ev::Signal sigint(loop, SIGINT, stop), sigterm(loop, SIGTERM, stop);
-    sigint.start();
-    sigterm.start();
     rs::log::notice("rulesocks {} started", RULESOCKS_VERSION);
     ev_run(loop, 0);
+    running = nullptr;
   } catch (const std::exception& e) {
     rs::log::fatal("{}", e.what());
     return 1;

@@ -225,7 +225,7 @@ class Service:
         Service.live.append(self)
         Service.started.append(self)
         deadline = time.monotonic() + START_TIMEOUT
-        while not self.ports <= _listening_ports():
+        while not self.listening():
             if self.proc.poll() is not None:
                 self._forget()
                 raise AssertionError(
@@ -238,6 +238,14 @@ class Service:
                     f"{START_TIMEOUT} s\ncommand: {' '.join(self.cmd)}\n{self.log_tail()}")
             time.sleep(0.01)
         return self
+
+    def listening(self):
+        """Whether this process itself listens on every port it should (with
+        SO_REUSEPORT another process may hold the same port)."""
+        if not self.ports:
+            return True
+        table, mine = _listen_table(), socket_inodes(self.proc.pid)
+        return all(any(p == port and inode in mine for p, inode in table) for port in self.ports)
 
     def _limits(self):  # runs in the child, between fork and exec
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
