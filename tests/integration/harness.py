@@ -706,36 +706,44 @@ class SinkThenSendServer:
         return not self.thread.is_alive()
 
 
-class HoldServer:
-    """Raw TCP server that accepts connections and keeps them open, silent, until close()."""
+class TcpServer:
+    """A raw TCP server on a free loopback port, accepting on a thread of its own
+    until close(). Subclasses say what becomes of each connection in
+    on_accept(conn), which runs on the accepting thread (start a thread there for
+    anything slow), and may release more in close()."""
 
-    def __init__(self, host=LOOP4):
+    def __init__(self, host=LOOP4, backlog=64):
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.bind((host, 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
+        self.sock.listen(backlog)
+        self.sock.settimeout(0.2)  # how often the loop looks at _stop
         self.port = self.sock.getsockname()[1]
-        self.conns = []
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
 
-    def _run(self):
+    def on_accept(self, conn):
+        raise NotImplementedError
+
+    def serve_in_thread(self, conn):
+        """For on_accept: runs self.serve(conn) on a thread of its own."""
+        threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def _accept_loop(self):
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-                self.conns.append(conn)
             except (socket.timeout, OSError):
                 continue
+            self.on_accept(conn)
 
     def start(self):
         self.thread.start()
         return self
 
     def close(self):
+        """Stops accepting and closes the listening socket."""
         self._stop.set()
         self.thread.join(timeout=5)
-        for c in self.conns:
-            c.close()
         self.sock.close()
 
     def __enter__(self):
@@ -746,7 +754,23 @@ class HoldServer:
         return False
 
 
-class SwitchHop:
+class HoldServer(TcpServer):
+    """Raw TCP server that accepts connections and keeps them open, silent, until close()."""
+
+    def __init__(self, host=LOOP4):
+        super().__init__(host)
+        self.conns = []
+
+    def on_accept(self, conn):
+        self.conns.append(conn)
+
+    def close(self):
+        super().close()
+        for c in self.conns:
+            c.close()
+
+
+class SwitchHop(TcpServer):
     """A TCP hop in front of a real proxy whose behaviour the test switches as it runs,
     so that one rulesocks instance (whose -x chain is fixed) can meet a faulty hop
     while its other sessions keep working through the same hop address.
@@ -758,18 +782,12 @@ class SwitchHop:
     """
 
     def __init__(self, backend_port, host=LOOP4):
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.sock.bind((host, 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
+        super().__init__(host)
         self.backend = backend_port  # None: hold
         self.accepted = 0
         self._lock = threading.Lock()
         self._socks = []
         self._threads = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def relay_to(self, port):
         with self._lock:
@@ -780,34 +798,27 @@ class SwitchHop:
             self.backend = None
 
     def go_dead(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
+        super().close()
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            with self._lock:
-                backend = self.backend
-                self.accepted += 1
-                self._socks.append(conn)
-            if backend is None:
-                continue
-            try:
-                up = socket.create_connection((LOOP4, backend), timeout=IO_TIMEOUT)
-            except OSError:
-                conn.close()
-                continue
-            with self._lock:
-                self._socks.append(up)
-            for src, dst in ((conn, up), (up, conn)):
-                src.settimeout(30)
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                self._threads.append(t)
-                t.start()
+    def on_accept(self, conn):
+        with self._lock:
+            backend = self.backend
+            self.accepted += 1
+            self._socks.append(conn)
+        if backend is None:
+            return
+        try:
+            up = socket.create_connection((LOOP4, backend), timeout=IO_TIMEOUT)
+        except OSError:
+            conn.close()
+            return
+        with self._lock:
+            self._socks.append(up)
+        for src, dst in ((conn, up), (up, conn)):
+            src.settimeout(30)
+            t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+            self._threads.append(t)
+            t.start()
 
     @staticmethod
     def _pump(src, dst):
@@ -823,10 +834,6 @@ class SwitchHop:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
-    def start(self):
-        self.thread.start()
-        return self
-
     def close(self):
         if not self._stop.is_set():
             self.go_dead()
@@ -838,13 +845,6 @@ class SwitchHop:
             s.close()
         for t in self._threads:
             t.join(timeout=5)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 # --------------------------------------------------------------------------
@@ -1387,7 +1387,7 @@ def stats_field(text, name):
     return None
 
 
-class DuplexServer:
+class DuplexServer(TcpServer):
     """Raw TCP origin for bidirectional integrity checks, one thread pair per connection.
 
     A client sends a 16-byte header (!QQ: length n, offset k), then n upload
@@ -1400,26 +1400,15 @@ class DuplexServer:
     HEADER = struct.Struct("!QQ")
 
     def __init__(self, host=LOOP4, backlog=256):
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.sock.bind((host, 0))
-        self.sock.listen(backlog)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        super().__init__(host, backlog)
         self.errors = []
         self.exchanges = 0
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
 
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def on_accept(self, conn):
+        self.serve_in_thread(conn)
 
-    def _serve(self, conn):
+    def serve(self, conn):
         with conn:
             try:
                 conn.settimeout(60)
@@ -1446,22 +1435,6 @@ class DuplexServer:
             except Exception as e:  # reported through self.errors
                 with self._lock:
                     self.errors.append(repr(e))
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 _DUPLEX_BASE_LEN = 8 * MiB

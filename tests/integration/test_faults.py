@@ -36,7 +36,7 @@ import time
 import unittest
 
 from harness import (
-    LOOP4, SANITIZED, MiB, DuplexServer, HoldProcess, IntegrationCase, api_stats,
+    LOOP4, SANITIZED, MiB, DuplexServer, HoldProcess, IntegrationCase, TcpServer, api_stats,
     closed_by_peer, connect, curl, duplex_exchange, free_port, raise_nofile, read_http_response,
     recv_exact, socks5_handshake, socks5_request, stats_field, wait_closed,
     wait_until,
@@ -513,30 +513,19 @@ class FdExhaustion(FaultCase):
 # Upstream reset mid-transfer
 # ---------------------------------------------------------------------------
 
-class ResettingOrigin:
+class ResettingOrigin(TcpServer):
     """Accepts connections; per connection reads a request head, sends a 200 head with
     Content-Length 8 MiB, the first `part` bytes, then closes with SO_LINGER 0 (RST)."""
 
     def __init__(self, part=MiB):
+        super().__init__()
         self.part = part
-        self.sock = socket.socket()
-        self.sock.bind((LOOP4, 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.resets = 0
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def on_accept(self, conn):
+        self.serve_in_thread(conn)
 
-    def _serve(self, conn):
+    def serve(self, conn):
         try:
             conn.settimeout(10)
             head = b""
@@ -554,15 +543,6 @@ class ResettingOrigin:
             pass
         finally:
             conn.close()
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
 
 class UpstreamReset(FaultCase):
