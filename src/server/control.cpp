@@ -14,10 +14,6 @@
 namespace rs::server {
 namespace {
 
-net::Family family_of(int f) {
-  return f == 4 ? net::Family::kOnlyV4 : f == 6 ? net::Family::kOnlyV6 : net::Family::kAny;
-}
-
 // The push_* helpers run inside a lua_CFunction: only Lua calls and plain
 // values here, nothing with a destructor.
 // An unset option stays nil, as in neosocksd (an empty string would be true).
@@ -51,7 +47,7 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     // Modules next to the ruleset come first (load_file adds that), then the
     // installed library, then the source tree's (running from a build dir).
     opts.lua_path_dirs = {RULESOCKS_LUA_DIR, RULESOCKS_SOURCE_LUA_DIR};
-    opts.resolve_family = family_of(cfg.family);
+    opts.resolve_family = resolve_family(cfg);
     engine_ = std::make_unique<ruleset::Engine>(server.loop(), &server.resolver(), this, opts);
     std::string err;
     if (!engine_->load_file(cfg.ruleset, &err))

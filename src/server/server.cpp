@@ -27,10 +27,6 @@ net::SockAddr parse_listen(const std::string& text) {
   return addrs.front();
 }
 
-net::Family family_of(int f) {
-  return f == 4 ? net::Family::kOnlyV4 : f == 6 ? net::Family::kOnlyV6 : net::Family::kAny;
-}
-
 size_t fd_limit_now() {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
@@ -39,6 +35,12 @@ size_t fd_limit_now() {
 }
 
 }  // namespace
+
+net::Family resolve_family(const Config& cfg) {
+  return cfg.family == 4   ? net::Family::kOnlyV4
+         : cfg.family == 6 ? net::Family::kOnlyV6
+                           : net::Family::kAny;
+}
 
 size_t sessions_for_fd_limit(uint64_t nofile) {
   if (nofile >= std::numeric_limits<size_t>::max() / 2) return std::numeric_limits<size_t>::max();
@@ -56,8 +58,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   if (fd_sessions_ != std::numeric_limits<size_t>::max())
     log::info("RLIMIT_NOFILE allows {} concurrent sessions", fd_sessions_);
   resolver_ = std::make_unique<net::Resolver>(
-      loop,
-      net::ResolverOptions{family_of(cfg.family), cfg.nameserver, std::min(cfg.timeout, 10.0)});
+      loop, net::ResolverOptions{resolve_family(cfg), cfg.nameserver, std::min(cfg.timeout, 10.0)});
   dial_.timeout = cfg.timeout;
   dial_.netdev = cfg.netdev;
   dial_.sndbuf = cfg.tcp_sndbuf;

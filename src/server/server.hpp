@@ -40,6 +40,9 @@ enum class ListenerKind { kSocks, kHttp, kForward };
 // fails. At least 1; SIZE_MAX for RLIM_INFINITY.
 size_t sessions_for_fd_limit(uint64_t nofile);
 
+// -4 / -6 as a resolver family.
+net::Family resolve_family(const Config& cfg);
+
 class Server {
  public:
   // Validates the configuration and binds every listener; throws
