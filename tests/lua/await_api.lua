@@ -1,24 +1,12 @@
 -- Exercises every await.* function, including its error cases.
 --
--- Self-contained: the unit tests load it as a ruleset and provide
+-- The unit tests load it as a ruleset (with lib/cases.lua) and provide
 -- test_done(ok, msg); `rulesocks -r tests/lua/await_api.lua` runs it too, and
 -- then it exits with the result.
 
-local NAME = "await_api"
-local cases = {}
-local function case(name, f) cases[#cases + 1] = { name = name, f = f } end
-
-local function report(ok, msg)
-    if test_done then return test_done(ok, msg) end
-    print(msg)
-    os.exit(ok and 0 or 1)
-end
-
-local function raises(pattern, f, ...)
-    local ok, err = pcall(f, ...)
-    assert(not ok, "expected an error matching '" .. pattern .. "'")
-    assert(tostring(err):find(pattern, 1, true), "unexpected error: " .. tostring(err))
-end
+local dir = string.match(debug.getinfo(1, "S").source, "^@(.*/)") or "./"
+local T = dofile(dir .. "lib/cases.lua")("await_api")
+local case, raises = T.case, T.raises
 
 -- Outside of a routine (the chunk runs synchronously) every await.* refuses.
 local outside = {}
@@ -132,18 +120,6 @@ case("many routines at once", function()
     assert(finished == n, finished)
 end)
 
-neosocksd.async(function(ok, err)
-    if ok then
-        report(true, NAME .. ": " .. #cases .. " cases passed")
-    else
-        report(false, NAME .. ": " .. tostring(err))
-    end
-end, function()
-    await.sleep(0)
-    for _, c in ipairs(cases) do
-        local ok, err = pcall(c.f)
-        if not ok then error(c.name .. ": " .. tostring(err), 0) end
-    end
-end)
+T.run()
 
 return { resolve = function(addr) return addr end }

@@ -1,24 +1,12 @@
 -- Exercises every neosocksd.* function, including its error cases.
 --
--- Self-contained: the unit tests load it as a ruleset and provide
+-- The unit tests load it as a ruleset (with lib/cases.lua) and provide
 -- test_done(ok, msg); `rulesocks -r tests/lua/neosocksd_api.lua` runs it too,
 -- and then it exits with the result.
 
-local NAME = "neosocksd_api"
-local cases = {}
-local function case(name, f) cases[#cases + 1] = { name = name, f = f } end
-
-local function report(ok, msg)
-    if test_done then return test_done(ok, msg) end
-    print(msg)
-    os.exit(ok and 0 or 1)
-end
-
-local function raises(pattern, f, ...)
-    local ok, err = pcall(f, ...)
-    assert(not ok, "expected an error matching '" .. pattern .. "'")
-    assert(tostring(err):find(pattern, 1, true), "unexpected error: " .. tostring(err))
-end
+local dir = string.match(debug.getinfo(1, "S").source, "^@(.*/)") or "./"
+local T = dofile(dir .. "lib/cases.lua")("neosocksd_api")
+local case, raises = T.case, T.raises
 
 local function eventually(cond, what)
     for _ = 1, 500 do
@@ -188,19 +176,7 @@ case("globals", function()
     assert(type(zlib.compress) == "function")
 end)
 
-neosocksd.async(function(ok, err)
-    if ok then
-        report(true, NAME .. ": " .. #cases .. " cases passed")
-    else
-        report(false, NAME .. ": " .. tostring(err))
-    end
-end, function()
-    await.sleep(0) -- let the ruleset finish loading
-    for _, c in ipairs(cases) do
-        local ok, err = pcall(c.f)
-        if not ok then error(c.name .. ": " .. tostring(err), 0) end
-    end
-end)
+T.run()
 
 return {
     resolve = function(addr) return addr end,
