@@ -79,6 +79,16 @@ TEST(ParseIp, Ipv6) {
   }
 }
 
+// Found by the proxy_uri fuzzer: inet_pton stopped at an embedded NUL.
+TEST(ParseIp, EmbeddedNulIsNotAnAddress) {
+  using namespace std::string_view_literals;
+  EXPECT_FALSE(parse_ipv4("1.2.3.4\0"sv));
+  EXPECT_FALSE(parse_ipv4("1.2.3.4\0.example"sv));
+  EXPECT_FALSE(parse_ipv6("::1\0"sv));
+  // Nor, then, a numeric host: as a name it is refused too (a control byte).
+  EXPECT_FALSE(make_address("1.2.3.4\0evil"sv, 80));
+}
+
 TEST(MakeAddress, NumericHostsBecomeIps) {
   EXPECT_EQ(make_address("1.2.3.4", 80), (Address{Ipv4{1, 2, 3, 4}, 80}));
   auto v6 = make_address("::1", 443);
