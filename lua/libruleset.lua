@@ -507,17 +507,31 @@ local function mask64(len)
     return ~((1 << (64 - len)) - 1)
 end
 
-local function cidr4(s, level)
+-- "addr/len" or a bare "addr" (a full-length prefix) -> addr, len; nil when
+-- malformed or the length is too long. `brackets`: IPv6 may come in [].
+local function split_cidr(s, maxlen, brackets, level)
     if type(s) ~= "string" then
-        error(sformat("CIDR string expected, got %s", type(s)), level)
+        error(sformat("CIDR string expected, got %s", type(s)), level + 1)
     end
-    local addr, len = smatch(s, "^%s*([^/%s]+)/(%d+)%s*$")
+    local open, close = "", ""
+    if brackets then
+        open, close = "%[?", "%]?"
+    end
+    local addr, len = smatch(s, "^%s*" .. open .. "([^/%s%]]+)" .. close .. "/(%d+)%s*$")
     if addr then
         len = tonumber(len)
     else
-        addr, len = smatch(s, "^%s*([^/%s]+)%s*$"), 32
+        addr, len = smatch(s, "^%s*" .. open .. "([^/%s%]]+)" .. close .. "%s*$"), maxlen
     end
-    local ip = addr and len <= 32 and parse_ipv4(addr)
+    if addr and len <= maxlen then
+        return addr, len
+    end
+    return nil
+end
+
+local function cidr4(s, level)
+    local addr, len = split_cidr(s, 32, false, level)
+    local ip = addr and parse_ipv4(addr)
     if not ip then
         error(sformat("invalid IPv4 CIDR %q", s), level)
     end
@@ -528,17 +542,9 @@ local function cidr4(s, level)
 end
 
 local function cidr6(s, level)
-    if type(s) ~= "string" then
-        error(sformat("CIDR string expected, got %s", type(s)), level)
-    end
-    local addr, len = smatch(s, "^%s*%[?([^/%s%]]+)%]?/(%d+)%s*$")
-    if addr then
-        len = tonumber(len)
-    else
-        addr, len = smatch(s, "^%s*%[?([^/%s%]]+)%]?%s*$"), 128
-    end
+    local addr, len = split_cidr(s, 128, true, level)
     local hi, lo
-    if addr and len <= 128 then
+    if addr then
         hi, lo = parse_ipv6(addr)
     end
     if not hi then
