@@ -142,6 +142,12 @@ class Marshaller {
       n *= 2;
     }
     void* p = s_->alloc(s_->ud, data, cap * sizeof(T), n * sizeof(T));
+    if (p == nullptr) {
+      // Lua collects garbage before it gives up on an allocation of its own;
+      // this one goes to the allocator directly, so do the same here.
+      lua_gc(L_, LUA_GCCOLLECT);
+      p = s_->alloc(s_->ud, data, cap * sizeof(T), n * sizeof(T));
+    }
     if (p == nullptr) luaL_error(L_, "marshal: out of memory");
     data = static_cast<T*>(p);
     cap = n;

@@ -289,4 +289,29 @@ TEST(OutOfMemoryTest, LibrariesFailCleanly) {
   EXPECT_EQ(budget.used, 0u);
 }
 
+// Found by the rpc_reply fuzzer: marshal's buffer comes from the allocator
+// directly, where Lua's own emergency collection does not run; garbage that
+// a collection would free must not make it fail.
+TEST(OutOfMemoryTest, MarshalCollectsGarbageBeforeGivingUp) {
+  Budget budget;
+  lua_State* L = lua_newstate(budget_alloc, &budget);
+  luaL_openlibs(L);
+  rs::ruleset::open_libs(L);
+  lua_gc(L, LUA_GCSTOP);  // garbage piles up, as it does between collector steps
+  ASSERT_EQ(luaL_dostring(L, "big = ('x'):rep(200000)"), LUA_OK);
+  budget.limit = budget.used + 2'000'000;
+  // Garbage until less is left than marshal's 256 KiB buffer needs, without
+  // failing an allocation (which would make Lua collect by itself).
+  ASSERT_EQ(luaL_loadstring(L, "local g = ('y'):rep(8000)"), LUA_OK);
+  while (budget.limit - budget.used > 150'000) {
+    lua_pushvalue(L, -1);
+    ASSERT_EQ(lua_pcall(L, 0, 0, 0), LUA_OK) << lua_tostring(L, -1);
+  }
+  lua_pop(L, 1);
+  EXPECT_EQ(luaL_dostring(L, "assert(#marshal(big) == 200002)"), LUA_OK) << lua_tostring(L, -1);
+  budget.limit = SIZE_MAX;
+  lua_close(L);
+  EXPECT_EQ(budget.used, 0u);
+}
+
 }  // namespace
