@@ -52,8 +52,10 @@ std::optional<uint16_t> parse_port(std::string_view s) {
   return static_cast<uint16_t>(v);
 }
 
+// inet_pton() reads a C string: an embedded NUL would end the text early and
+// make "1.2.3.4\0junk" read as 1.2.3.4, so it is refused here.
 std::optional<Ipv4> parse_ipv4(std::string_view s) {
-  if (s.size() >= INET_ADDRSTRLEN) return std::nullopt;
+  if (s.size() >= INET_ADDRSTRLEN || s.find('\0') != std::string_view::npos) return std::nullopt;
   char buf[INET_ADDRSTRLEN];
   s.copy(buf, s.size());
   buf[s.size()] = '\0';
@@ -63,7 +65,7 @@ std::optional<Ipv4> parse_ipv4(std::string_view s) {
 }
 
 std::optional<Ipv6> parse_ipv6(std::string_view s) {
-  if (s.size() >= INET6_ADDRSTRLEN) return std::nullopt;
+  if (s.size() >= INET6_ADDRSTRLEN || s.find('\0') != std::string_view::npos) return std::nullopt;
   char buf[INET6_ADDRSTRLEN];
   s.copy(buf, s.size());
   buf[s.size()] = '\0';
