@@ -52,8 +52,8 @@ std::optional<uint16_t> parse_port(std::string_view s) {
   return static_cast<uint16_t>(v);
 }
 
-// inet_pton reads a C string: a NUL inside `s` would cut it short, so that
-// "1.2.3.4\0junk" (a SOCKS host name, say) passed for 1.2.3.4.
+// inet_pton() reads a C string: an embedded NUL would end the text early and
+// make "1.2.3.4\0junk" read as 1.2.3.4, so it is refused here.
 std::optional<Ipv4> parse_ipv4(std::string_view s) {
   if (s.size() >= INET_ADDRSTRLEN || s.find('\0') != std::string_view::npos) return std::nullopt;
   char buf[INET_ADDRSTRLEN];

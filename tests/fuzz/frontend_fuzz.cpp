@@ -8,7 +8,8 @@
 //
 // The conversation is replayed with the bytes arriving in one piece, one at a
 // time and in random pieces: the steps, replies, request and leftover bytes
-// must be the same. Every reply must read back with the client-side codec.
+// must be the same. Every reply must read back with the client-side codec, and
+// with auth_required no request comes through without a user name.
 #include <optional>
 
 #include "fuzz_util.hpp"
@@ -134,6 +135,9 @@ Transcript converse(const server::FrontendOptions& opts, bool http_listener, fuz
       if (s.status == Step::kFail) FUZZ_CHECK(!s.error.empty());
       if (s.status == Step::kRequest) {
         FUZZ_CHECK(s.consumed > 0 && s.out.empty());
+        // --auth-required: no way through without a user name, in any protocol.
+        if (opts.auth_required) FUZZ_CHECK(s.request.username && !s.request.username->empty());
+        if (s.request.password) FUZZ_CHECK(s.request.username.has_value());
         const auto& target = s.request.target;
         auto back = proto::parse_address(target.to_string());
         FUZZ_CHECK(back && *back == target);

@@ -109,6 +109,7 @@ SEEDS = {
         "request_ipv6": REQ_V6,
         "request_numeric_name": b(5, 1, 0, s5addr("name", "10.1.2.3", 22)),
         "request_v6_name": b(5, 1, 0, s5addr("name", "::1", 22)),
+        "request_numeric_name_nul": b(5, 1, 0, s5addr("name", "10.0.0.1\0x", 80)),
         "request_bad_name": b(5, 1, 0, s5addr("name", "a/b", 22)),
         "request_empty_name": b(5, 1, 0, 3, 0, 0, 80),
         "request_udp": b(5, 3, 0, s5addr("v4", [0, 0, 0, 0], 0)),

@@ -79,14 +79,20 @@ TEST(ParseIp, Ipv6) {
   }
 }
 
-// Found by the proxy_uri fuzzer: inet_pton stopped at an embedded NUL.
-TEST(ParseIp, EmbeddedNulIsNotAnAddress) {
+// Found by tests/fuzz (proxy_uri): inet_pton() stopped at an embedded NUL, so
+// "1.2.3.4\0junk" read as 1.2.3.4.
+TEST(ParseIp, RejectsEmbeddedNul) {
   using namespace std::string_view_literals;
-  EXPECT_FALSE(parse_ipv4("1.2.3.4\0"sv));
-  EXPECT_FALSE(parse_ipv4("1.2.3.4\0.example"sv));
-  EXPECT_FALSE(parse_ipv6("::1\0"sv));
-  // Nor, then, a numeric host: as a name it is refused too (a control byte).
-  EXPECT_FALSE(make_address("1.2.3.4\0evil"sv, 80));
+  for (auto s : {"1.2.3.4\0"sv, "1.2.3.4\0junk"sv, "\0"sv, "1.2\0.3.4"sv}) {
+    EXPECT_FALSE(parse_ipv4(s)) << s.size();
+  }
+  for (auto s : {"::1\0"sv, "::1\0:2"sv, "2001:db8::1\0.example"sv}) {
+    EXPECT_FALSE(parse_ipv6(s)) << s.size();
+  }
+  // Nor is it a host name, nor part of one of the address forms.
+  EXPECT_FALSE(make_address("10.0.0.1\0x"sv, 80));
+  EXPECT_FALSE(parse_address("1.2.3.4\0junk:80"sv));
+  EXPECT_FALSE(parse_address("[::1\0]:80"sv));
 }
 
 TEST(MakeAddress, NumericHostsBecomeIps) {

@@ -126,6 +126,13 @@ TEST(Socks5Request, NumericDomainBecomesIp) {
   EXPECT_EQ(r.target, (Address{Ipv4{1, 2, 3, 4}, 80}));
 }
 
+// Found by tests/fuzz: a short name with an embedded NUL read as the numeric
+// address before the NUL.
+TEST(Socks5Request, NumericDomainWithNulIsRefused) {
+  expect_error(parse_request, raw({5, 1, 0, 3, 10}) + std::string("10.0.0.1\0x", 10) + raw({0, 80}),
+               socks5::kGeneralFailure);
+}
+
 TEST(Socks5Request, BindAndUdpAssociateParse) {
   EXPECT_EQ(expect_message(parse_request, raw({5, 2, 0, 1, 0, 0, 0, 0, 0, 0})).command,
             socks5::kBind);
