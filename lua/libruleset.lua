@@ -12,7 +12,7 @@
 --
 -- Sections:
 --   utilities    printf, errorf, string.startswith/endswith, table.get,
---                package.replace, list, rlist, unmarshal
+--                package.replace, list, rlist, unmarshal, regex.compat
 --   logging      log, logf, evlog, evlogf, format_timestamp
 --   routines     async (futures), await.callback
 --   addresses    parse_cidr, parse_cidr6
@@ -313,6 +313,80 @@ function rlist:totable()
 end
 
 _G.rlist = rlist
+
+-- [[ regex.compat ]] --
+-- regex.compat(pattern): the pattern with Perl-style class escapes spelled as
+-- POSIX bracket expressions, so that one pattern means the same with either
+-- regex back end (PCRE2, or the C library's ERE, which knows no \d). Outside a
+-- bracket expression \d \w \s become [[:digit:]] [[:alnum:]_] [[:space:]] and
+-- \D \W \S their negations; inside one, \d \w \s become the class names
+-- ("[\w.-]" -> "[[:alnum:]_.-]"). \t \n \r \f \v become the characters.
+-- Every other escape (\. \b \\ ...) is left as it is: both back ends read
+-- those alike.
+local perl_class = { d = "[:digit:]", w = "[:alnum:]_", s = "[:space:]" }
+local perl_negated = { D = "d", W = "w", S = "s" }
+local perl_control = { t = "\t", n = "\n", r = "\r", f = "\f", v = "\v" }
+
+local function regex_compat(pattern)
+    if type(pattern) ~= "string" then
+        error(sformat("regex.compat: string expected, got %s", type(pattern)), 2)
+    end
+    local out, n, i, len = {}, 0, 1, #pattern
+    local function put(s)
+        n = n + 1
+        out[n] = s
+    end
+    local bracket = false -- inside [...]
+    while i <= len do
+        local c = ssub(pattern, i, i)
+        local e = ssub(pattern, i + 1, i + 1)
+        if c == "\\" and e ~= "" then
+            local class = perl_class[e]
+            if class then
+                put(bracket and class or "[" .. class .. "]")
+            elseif perl_negated[e] and not bracket then
+                put("[^" .. perl_class[perl_negated[e]] .. "]")
+            elseif perl_control[e] then
+                put(perl_control[e])
+            else
+                put(c .. e)
+            end
+            i = i + 2
+        elseif bracket then
+            local close = (e == ":" or e == "." or e == "=") and c == "[" and sfind(pattern, e .. "]", i + 2, true)
+            if close then -- [:alpha:], [.x.], [=x=] as a whole
+                put(ssub(pattern, i, close + 1))
+                i = close + 2
+            else
+                if c == "]" then
+                    bracket = false
+                end
+                put(c)
+                i = i + 1
+            end
+        elseif c == "[" then
+            -- "[", an optional "^", then a "]" that is a member, not the end
+            local j = i + 1
+            if ssub(pattern, j, j) == "^" then
+                j = j + 1
+            end
+            if ssub(pattern, j, j) == "]" then
+                j = j + 1
+            end
+            put(ssub(pattern, i, j - 1))
+            bracket = true
+            i = j
+        else
+            put(c)
+            i = i + 1
+        end
+    end
+    return tconcat(out)
+end
+
+if type(rawget(_G, "regex")) == "table" then
+    _G.regex.compat = regex_compat
+end
 
 -- [[ logging ]] --
 _G.RECENT_EVENTS_LIMIT = rawget(_G, "RECENT_EVENTS_LIMIT") or 16
@@ -1361,7 +1435,9 @@ end
 -- lb.iwrr({ { weight, action }, ... }): interleaved weighted round robin. Each
 -- cycle has max(weight) rounds; round r visits, in order, every action whose
 -- weight is at least r. Weights that are not integers are scaled to integers
--- (to `cyclesize` rounds, default 100).
+-- (to `cyclesize` rounds, default 100). A weight of 0 drains that action (an
+-- operator's rpc.set_weight(i, 0) rebuilds the balancer so); with no positive
+-- weight at all, or an empty list, every request is rejected.
 function lb.iwrr(t, cyclesize)
     local weights, actions, n, maxw, integral = {}, {}, 0, 0, true
     for _, v in ipairs(t) do
@@ -1384,7 +1460,9 @@ function lb.iwrr(t, cyclesize)
         end
     end
     if n == 0 then
-        error("lb.iwrr: no action has a positive weight", 2)
+        return function()
+            return nil
+        end
     end
     if not integral or cyclesize then
         local size = mtointeger(cyclesize) or 100
@@ -1487,10 +1565,16 @@ if type(hits) ~= "table" then
     _G.rule_hits = hits
 end
 
-local function note(tag, addr)
+-- A hit counted under `tag`; a rule's own tag (not the implicit "default") is
+-- also a recent event, as in neosocksd.
+local function note(tag, addr, event)
     hits[tag] = (hits[tag] or 0) + 1
+    local msg = sformat("[%s] %s", tostring(tag), tostring(addr))
+    if event then
+        addevent(msg)
+    end
     if not rawget(_G, "NDEBUG") then
-        _G.print(sformat("[%s] %s", tostring(tag), addr))
+        _G.print(msg)
     end
 end
 
@@ -1523,7 +1607,7 @@ function run_default(addr)
     if action == nil then
         return addr
     end
-    note(tag or "default", addr)
+    note(tag or "default", addr, tag ~= nil)
     return action(addr)
 end
 
@@ -1535,7 +1619,7 @@ local function pick(tab, addr, ...)
     end
     local action, tag = matchtab(tab, ...)
     if action and tag then
-        note(tag, addr)
+        note(tag, addr, true)
     end
     return action
 end

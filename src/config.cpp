@@ -32,7 +32,9 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("[ADDR]")
       ->expected(0, 1)
       ->allow_extra_args(false);
-  app.add_option("-f,--forward", c.forward, "forward every connection to ADDR (port forwarding)")
+  app.add_option("-f,--forward", c.forward,
+                 "forward every connection to ADDR (port forwarding); \":\" lets the ruleset pick "
+                 "each connection's target (ruleset.resolve(\":0\"))")
       ->type_name("ADDR");
   app.add_option("-x,--proxy", c.proxy,
                  "dial outbound through proxy1[,proxy2...] (first hop first)")
@@ -56,6 +58,8 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->capture_default_str();
   app.add_flag("--bidir-timeout", c.bidir_timeout,
                "keep the timeout until both directions have seen traffic");
+  // neosocksd's seed-era releases called it this (a flag, no argument).
+  app.add_flag("--proto-timeout", c.bidir_timeout, "the old name of --bidir-timeout");
   app.add_option("--loglevel", c.loglevel,
                  "0 silence, 1 fatal, 2 error, 3 warning, 4 notice, 5 info, 6 debug, 7 verbose, 8 "
                  "very verbose")
@@ -93,6 +97,9 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       "--no-nodelay", [&](int64_t) { c.tcp_nodelay = false; }, "do not set TCP_NODELAY");
   app.add_flag_function(
       "--no-keepalive", [&](int64_t) { c.tcp_keepalive = false; }, "do not set SO_KEEPALIVE");
+  app.add_flag_function(
+      "--no-fastopen", [&](int64_t) { c.tcp_fastopen = false; },
+      "do not set TCP_FASTOPEN on the proxy listeners (server-side TCP Fast Open, RFC 7413)");
 
   try {
     app.parse(argc, argv);

@@ -19,7 +19,7 @@ struct Config {
   std::vector<std::string> listen;       // -l: SOCKS4/4A/5 (and HTTP CONNECT, sniffed) listeners
   std::vector<std::string> http_listen;  // --http ADDR: HTTP CONNECT listeners
   bool http_all = false;                 // bare --http: every -l listener speaks HTTP
-  std::string forward;                   // -f: plain TCP forwarding target
+  std::string forward;                   // -f: TCP forwarding target (":": the ruleset picks)
   std::string proxy;                     // -x: comma separated chain, first hop first
   std::string api;                       // --api ADDR
   std::string ruleset;                   // -r FILE
@@ -35,6 +35,7 @@ struct Config {
   bool auth_required = false;
   bool daemonize = false;
   bool traceback = false;
+  bool tcp_fastopen = true;  // TCP_FASTOPEN on the proxy listeners (--no-fastopen: off)
   bool tcp_nodelay = true;
   bool tcp_keepalive = true;
   int tcp_sndbuf = 0, tcp_rcvbuf = 0;

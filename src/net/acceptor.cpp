@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -35,6 +36,9 @@ UniqueFd listen_tcp(const SockAddr& addr, const AcceptorOptions& opts) {
   if (addr.family() == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on);
   if (opts.tune) opts.tune(fd.get());
   if (::bind(fd.get(), addr.get(), addr.len) != 0) fail("bind");
+  if (opts.fastopen &&
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_FASTOPEN, &opts.backlog, sizeof opts.backlog) != 0)
+    log::warning("{} {}: TCP_FASTOPEN: {}", opts.name, addr, std::strerror(errno));
   if (::listen(fd.get(), opts.backlog) != 0) fail("listen");
   return fd;
 }

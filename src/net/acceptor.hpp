@@ -21,6 +21,10 @@ struct AcceptorOptions {
   std::string name = "listener";  // for log lines: "<name> on <addr>: ..."
   int backlog = 4096;
   bool reuseport = false;  // SO_REUSEPORT: several processes share the port
+  // TCP_FASTOPEN (RFC 7413): accept data in the SYN, with at most `backlog`
+  // pending Fast Open requests. Best effort: a kernel that refuses it is
+  // logged and the listener works without.
+  bool fastopen = false;
   // Applied to the listening socket before listen(). Accepted sockets inherit
   // its options (TCP_NODELAY, SO_KEEPALIVE, buffer sizes), which saves
   // setting them on every connection.

@@ -77,7 +77,14 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     if (!list.ok()) throw std::runtime_error("-x " + cfg.proxy + ": " + list.error);
     chain_ = std::move(list.proxies);
   }
-  if (!cfg.forward.empty()) {
+  if (cfg.forward == ":") {
+    // neosocksd reads ":" as the empty host name and port 0, and asks the
+    // ruleset about that address for every connection.
+    if (cfg.ruleset.empty())
+      throw std::runtime_error("-f : needs a ruleset (-r) to pick each connection's target");
+    forward_ = proto::Address{std::string(), 0};
+    forward_by_ruleset_ = true;
+  } else if (!cfg.forward.empty()) {
     forward_ = proto::parse_address(cfg.forward);
     if (!forward_) throw std::runtime_error("bad forward address \"" + cfg.forward + "\"");
   }
@@ -86,9 +93,12 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   control_ = std::make_unique<Control>(*this, api);
   if (auto bound = control_->api_address()) protected_.push_back(*bound);
 
+  const std::string forward_note =
+      forward_by_ruleset_ ? "forward, the ruleset picks the target" : "forward to " + cfg.forward;
   auto add = [&](const std::string& text, ListenerKind kind) {
     net::AcceptorOptions opts{.name = "listener",
                               .reuseport = cfg.reuseport,
+                              .fastopen = cfg.tcp_fastopen,
                               .tune = [this](int fd) { net::tune_socket(fd, dial_); },
                               .refused =
                                   [this] {
@@ -101,7 +111,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
         }));
     log::notice("listening on {} ({})", listeners_.back()->address(),
                 kind == ListenerKind::kHttp      ? "HTTP CONNECT"
-                : kind == ListenerKind::kForward ? "forward to " + cfg.forward
+                : kind == ListenerKind::kForward ? forward_note
                                                  : "SOCKS4/4A/5");
   };
   for (const auto& l : cfg.listen)

@@ -70,6 +70,9 @@ class Server {
   const FrontendOptions& frontend_options() const { return frontend_; }
   const std::vector<proto::ProxyUri>& proxy_chain() const { return chain_; }
   const std::optional<proto::Address>& forward_target() const { return forward_; }
+  // -f ":": each forwarded connection asks the ruleset for its target
+  // (ruleset.resolve(":0"), as neosocksd does for its empty forward address).
+  bool forward_by_ruleset() const { return forward_by_ruleset_; }
   // Addresses the proxy must not dial on a client's behalf unless a ruleset
   // says so: the API's own listeners.
   const std::vector<net::SockAddr>& protected_addresses() const { return protected_; }
@@ -91,6 +94,7 @@ class Server {
   FrontendOptions frontend_;
   std::vector<proto::ProxyUri> chain_;
   std::optional<proto::Address> forward_;
+  bool forward_by_ruleset_ = false;
   std::vector<net::SockAddr> protected_;
   Stats stats_;
   size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up

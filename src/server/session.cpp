@@ -59,6 +59,10 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
     // Port forwarding has no handshake: the request is the forward target.
     request_.target = *server_.forward_target();
     ++server_.stats().requests;
+    if (server_.forward_by_ruleset()) {
+      route();
+      return;
+    }
     dial(request_.target, server_.proxy_chain(), false);
     return;
   }

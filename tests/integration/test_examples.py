@@ -208,6 +208,26 @@ class LoadBalance(ExampleCase):
         self.assertNotIn("http://10.0.1.3:8080", picks)
         self.assertEqual(picks.count("socks5://10.0.1.1:1080"), 30)
 
+    def test_everything_drained_rejects_and_hits_are_events(self):
+        """rpc.set_weight(uri, 0) for every upstream: requests are rejected, nothing raises;
+        the tagged hits show in the Recent Events of POST /stats."""
+        weights = {"http://10.0.1.3:8080": 1, "socks5://10.0.1.1:1080": 3,
+                   "socks5://10.0.1.2:1080": 2}
+        try:
+            for uri in weights:
+                reply = rpcall(self.api_port, f'return rpc.set_weight("{uri}", 0)')
+                self.assertTrue(reply.startswith("return true"), reply)
+            self.assertEqual(self.picks(3, "drained.example:443"), ["nil"] * 3)
+        finally:
+            for uri, w in weights.items():
+                rpcall(self.api_port, f'return rpc.set_weight("{uri}", {w})')
+        self.assertIn(self.picks(1, "events.example:443")[0], weights)
+        rc, out, err = curl("-X", "POST", f"http://{LOOP4}:{self.api_port}/stats", timeout=10)
+        self.assertEqual(rc, 0, err)
+        events = out.decode().split("> Recent Events", 1)[-1].split("\n> ", 1)[0]
+        self.assertIn("[upstream] events.example:443", events)
+        self.assertIn("[upstream] drained.example:443 (x3)", events)
+
 
 class Auth(ExampleCase):
     example = "examples/auth.lua"

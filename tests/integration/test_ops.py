@@ -7,16 +7,25 @@
   ProxyChain        -x through a second rulesocks instance (socks5, socks4a, http)
   ChainHopTimeout   -t with a silent upstream hop: the client gets a timeout reply
   ProxyChainAuth    -x with credentials against an --auth-required upstream
+  ForwardByRuleset  -f : -r FILE: the ruleset picks each forwarded connection's target
+  FastOpen          TCP_FASTOPEN on listeners by default; --no-fastopen turns it off
+  ProtoTimeout      --proto-timeout, neosocksd's old name of --bidir-timeout
 """
 
+import ctypes
+import os
+import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import unittest
 
 from harness import (
-    LOOP4, MiB, HoldServer, IntegrationCase, Origin, SinkThenSendServer, blob, connect, curl,
-    free_port, read_http_response, read_socks5_reply, recv_all, recv_exact, sha256,
-    socks4_request, socks5_handshake, socks5_request, wait_closed, wait_until,
+    BIN, LOOP4, MiB, HoldServer, IntegrationCase, Origin, SinkThenSendServer, blob,
+    connect, curl, free_port, listening_inodes, read_http_response, read_socks5_reply, recv_all,
+    recv_exact, sha256, socks4_request, socks5_handshake, socks5_request, wait_closed, wait_until,
 )
 
 BIG = 10 * MiB
@@ -91,6 +100,171 @@ class Forwarding(IntegrationCase):
                                  "-x", f"socks5://{LOOP4}:{upstream.port}")
         self.fetch(proxy)
         self.assertIn(f"socks5 -> {LOOP4}:{self.origin.port}", upstream.log_text())
+
+
+# ---------------------------------------------------------------------------
+# -f : the ruleset picks the target (neosocksd's load-balancer example)
+# ---------------------------------------------------------------------------
+
+class ForwardByRuleset(IntegrationCase):
+    """-f : -r FILE: each forwarded connection asks ruleset.resolve(":0") for its target,
+    as neosocksd does with its empty forward address."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origins = [cls.start_class_origin(), cls.start_class_origin()]
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="rulesocks-lb-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def ruleset(self, text):
+        path = os.path.join(self.dir, "lb.lua")
+        with open(path, "w") as f:
+            f.write(text)  # require("libruleset") finds the installed lua/ directory
+        return path
+
+    def fetch_all(self, proxy, n):
+        for _ in range(n):
+            rc, out, err = curl(f"http://{LOOP4}:{proxy.port}/hello", timeout=10)
+            self.assertEqual((rc, out), (0, b"hello from origin\n"), err + proxy.log_tail())
+
+    def routed_to(self, proxy):
+        """The origin ports the forwarded sessions went to, in order (from the log)."""
+        return [int(p) for p in re.findall(r"forward -> :0 via 127\.0\.0\.1:(\d+)",
+                                           proxy.log_text())]
+
+    def test_libruleset_lb_balances_over_two_origins(self):
+        """neosocksd's lb.lua: route_default = lb.roundrobin of two redirects."""
+        a, b = (o.port for o in self.origins)
+        path = self.ruleset(
+            "_G.libruleset = require('libruleset')\n"
+            f"_G.route_default = {{ lb.roundrobin({{ rule.redirect('127.0.0.1:{a}'),"
+            f" rule.redirect('127.0.0.1:{b}') }}) }}\n"
+            "return _G.libruleset\n")
+        proxy = self.start_proxy("-f", ":", "-r", path)
+        self.fetch_all(proxy, 4)
+        self.assertTrue(wait_until(lambda: len(self.routed_to(proxy)) == 4, 5), proxy.log_tail())
+        self.assertEqual(self.routed_to(proxy), [a, b, a, b])
+
+    def test_route_function_sees_the_empty_address(self):
+        """A tiny ruleset: resolve gets ":0" and no credentials; nil rejects."""
+        a, b = (o.port for o in self.origins)
+        path = self.ruleset(
+            "local n = 0\n"
+            "_G.ruleset = { resolve = function(addr, user, pass)\n"
+            "  assert(addr == ':0' and user == nil and pass == nil, addr)\n"
+            "  n = n + 1\n"
+            f"  if n == 3 then return nil end\n"
+            f"  return n % 2 == 1 and '127.0.0.1:{a}' or '127.0.0.1:{b}'\n"
+            "end }\n")
+        proxy = self.start_proxy("-f", ":", "-r", path)
+        self.fetch_all(proxy, 2)
+        rc, out, _ = curl(f"http://{LOOP4}:{proxy.port}/hello", timeout=10)
+        self.assertNotEqual(rc, 0, "the third connection is rejected by the ruleset")
+        self.assertEqual(out, b"")
+        self.fetch_all(proxy, 1)
+        self.assertEqual(self.routed_to(proxy), [a, b, b])
+        self.assertTrue(proxy.alive)
+
+    def test_without_a_ruleset_is_refused_at_start_up(self):
+        p = subprocess.run([BIN, "-l", f"{LOOP4}:{free_port()}", "-f", ":"],
+                           capture_output=True, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("-f : needs a ruleset", p.stdout.decode() + p.stderr.decode())
+
+
+# ---------------------------------------------------------------------------
+# TCP Fast Open on listeners
+# ---------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_pidfd_getfd = 438
+
+
+def listener_fastopen(proxy, port):
+    """TCP_FASTOPEN of the proxy's listening socket on `port`, read from a duplicate of
+    that very socket (pidfd_getfd(2): the test started the proxy, so it may)."""
+    inode = next(iter(listening_inodes(port)))
+    fd_dir = f"/proc/{proxy.pid}/fd"
+    for name in os.listdir(fd_dir):
+        if os.readlink(f"{fd_dir}/{name}") == f"socket:[{inode}]":
+            pidfd = os.pidfd_open(proxy.pid)
+            try:
+                dup = _libc.syscall(SYS_pidfd_getfd, pidfd, int(name), 0)
+                if dup < 0:
+                    raise OSError(ctypes.get_errno(), "pidfd_getfd")
+            finally:
+                os.close(pidfd)
+            with socket.socket(fileno=dup) as s:
+                return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN)
+    raise AssertionError(f"no fd of proxy {proxy.pid} holds the listener on {port}")
+
+
+class FastOpen(IntegrationCase):
+    """Listeners set TCP_FASTOPEN (RFC 7413), as neosocksd's do, unless --no-fastopen."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_class_origin()
+
+    def fetch(self, proxy):
+        rc, out, err = curl("--socks5", f"{LOOP4}:{proxy.port}",
+                            f"http://{LOOP4}:{self.origin.port}/hello", timeout=10)
+        self.assertEqual((rc, out), (0, b"hello from origin\n"), err)
+
+    def fastopen_client(self, port):
+        """A SOCKS5 greeting sent with MSG_FASTOPEN (data in the SYN when the kernel may)."""
+        with socket.socket() as s:
+            # blocking: a sendto() that connects would otherwise fail with EINPROGRESS
+            s.sendto(b"\x05\x01\x00", socket.MSG_FASTOPEN, (LOOP4, port))
+            s.settimeout(5)
+            self.assertEqual(recv_exact(s, 2), b"\x05\x00")
+
+    def test_on_by_default(self):
+        proxy = self.start_proxy(http=True, api=True)
+        for port in (proxy.port, proxy.http_port):
+            self.assertGreater(listener_fastopen(proxy, port), 0, port)
+        self.fetch(proxy)
+        self.fastopen_client(proxy.port)
+
+    def test_no_fastopen(self):
+        proxy = self.start_proxy("--no-fastopen", http=True)
+        for port in (proxy.port, proxy.http_port):
+            self.assertEqual(listener_fastopen(proxy, port), 0, port)
+        self.fetch(proxy)
+        self.fastopen_client(proxy.port)
+
+
+# ---------------------------------------------------------------------------
+# --proto-timeout
+# ---------------------------------------------------------------------------
+
+class ProtoTimeout(IntegrationCase):
+    """--proto-timeout (no argument) is --bidir-timeout: an idle relayed session is closed
+    after -t seconds; without it the session stays."""
+
+    def setUp(self):
+        self.hold = HoldServer().start()
+        self.addCleanup(self.hold.close)
+
+    def idle_session_closes(self, proxy):
+        with connect(proxy.port) as s:
+            raw, rep = socks5_handshake(s, LOOP4, self.hold.port)
+            self.assertEqual(rep, 0, raw.hex())
+            return wait_closed(s, 3) is not None
+
+    def test_proto_timeout_is_bidir_timeout(self):
+        for flag in ("--proto-timeout", "--bidir-timeout"):
+            with self.subTest(flag=flag):
+                self.assertTrue(self.idle_session_closes(self.start_proxy(flag, "-t", "1")))
+        self.assertFalse(self.idle_session_closes(self.start_proxy("-t", "1")))
+
+    def test_help_lists_the_new_flags(self):
+        out = subprocess.run([BIN, "--help"], capture_output=True, timeout=10).stdout.decode()
+        for flag in ("--proto-timeout", "--no-fastopen", "-f,--forward"):
+            self.assertIn(flag, out)
+        self.assertIn('":"', out)
 
 
 # ---------------------------------------------------------------------------

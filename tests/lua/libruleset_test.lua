@@ -832,6 +832,35 @@ end)
 
 -- [[ composite ]] --
 
+test("regex.compat", function()
+    local compat = regex.compat
+    eq(compat("\\d+"), "[[:digit:]]+", "\\d")
+    eq(compat("\\D\\W\\S"), "[^[:digit:]][^[:alnum:]_][^[:space:]]", "negated classes")
+    eq(compat("[\\w.-]+"), "[[:alnum:]_.-]+", "inside a bracket expression")
+    eq(compat("[^\\s]"), "[^[:space:]]", "negated bracket")
+    eq(compat("[]\\d]"), "[][:digit:]]", "] first in a bracket")
+    eq(compat("[[:alpha:]\\d]"), "[[:alpha:][:digit:]]", "POSIX class kept")
+    eq(compat("a\\tb"), "a\tb", "control escapes become the characters")
+    eq(compat("\\.\\(\\q\\b\\"), "\\.\\(\\q\\b\\", "unknown escapes, \\b and a trailing \\ stay")
+    eq(compat("\\\\d"), "\\\\d", "an escaped backslash is not an escape")
+    eq(compat(""), "", "empty")
+    local reg = regex.compile(compat("(\\w+)=(\\w+)"))
+    local found = {}
+    for _, k, v in reg:gmatch("from=world, to=Lua") do
+        found[#found + 1] = k .. ":" .. v
+    end
+    eq(table.concat(found, ","), "from:world,to:Lua", "gmatch with \\w")
+    same({ "123" }, "\\d", regex.compile(compat("\\d+")):match("abc123def"))
+    same({ "a b" }, "\\s", regex.compile(compat("\\S\\s\\S")):match("a b"))
+    same({ "1.2.3" }, "[\\d.]", regex.compile(compat("[\\d.]+")):match("v1.2.3-rc"))
+    same({ "-" }, "\\W", regex.compile(compat("\\W")):match("ab-c"))
+    check(regex.compile(compat("\\bfoo\\b")):find("a foo b"), "\\b matches at a boundary")
+    check(not regex.compile(compat("\\bfoo\\b")):find("afoob"), "\\b inside a word")
+    check(regex.compile(compat("^\\d+\\.\\d+$")):find("10.25"), "anchored")
+    check(not regex.compile(compat("^\\d+\\.\\d+$")):find("10x25"), "\\. stays literal")
+    raises("string expected", compat, nil)
+end)
+
 test("composite", function()
     local yes, no = match.any(), composite.inverse(match.any())
     check(not no("x:1"), "inverse")
@@ -985,8 +1014,38 @@ test("lb.iwrr", function()
     check(count.A >= 95 and count.A <= 105 and count.B >= 295 and count.B <= 305,
         sformat("1:3 fractional, got %d:%d", count.A or 0, count.B or 0))
     same({ "x:1", "A" }, "returns the action's results", lb.iwrr({ { 1, act("A") } })("x:1"))
-    raises("positive weight", lb.iwrr, { { 0, act("A") } })
     raises("non-negative", lb.iwrr, { { -1, act("A") } })
+end)
+
+test("lb.iwrr: drained members and empty lists reject", function()
+    local count = {}
+    local function act(name)
+        return function(addr)
+            count[name] = (count[name] or 0) + 1
+            return addr, name
+        end
+    end
+    same({ nil }, "empty list rejects", lb.iwrr({})("x:1"))
+    same({ nil }, "all drained rejects", lb.iwrr({ { 0, act("A") }, { 0, act("B") } })("x:1"))
+    eq(next(count), nil, "no drained action runs")
+    -- an operator drains a backend over RPC: rebuild with its weight at 0
+    local backends = { { 1, act("A") }, { 1, act("B") } }
+    local pick = lb.iwrr(backends)
+    local saved = rawget(rpc, "set_weight")
+    function rpc.set_weight(i, w)
+        backends[i][1] = w
+        pick = lb.iwrr(backends)
+    end
+    rpc.set_weight(2, 0)
+    for _ = 1, 10 do
+        same({ "x:1", "A" }, "drained B", pick("x:1"))
+    end
+    eq(count.B, nil, "B drained")
+    rpc.set_weight(1, 0)
+    same({ nil }, "everything drained", pick("x:1"))
+    rpc.set_weight(2, 3)
+    same({ "x:1", "B" }, "B back", pick("x:1"))
+    rpc.set_weight = saved
 end)
 
 -- [[ the rule tables ]] --
@@ -1090,6 +1149,39 @@ test("rule tables: errors and tags", function()
         same({ "s:1" }, "subchain in a table", libruleset.decide.resolve("sub.test:9"))
         check((rule_hits["inner"] or 0) >= 1, "subchain tag")
         _G.lrs_sub = nil
+    end)
+end)
+
+test("rule hits with a tag are recent events", function()
+    with_globals({
+        redirect_name = {
+            { match.host("ev-tagged.test"), rule.direct(), "ev-tag" },
+            { match.host("ev-untagged.test"), rule.direct() },
+        },
+        route_default = { rule.direct(), "ev-default" },
+    }, function()
+        libruleset.resolve("ev-tagged.test:1")
+        libruleset.resolve("ev-tagged.test:1")
+        local e = recent_events:get(1)
+        eq(e.msg, "[ev-tag] ev-tagged.test:1", "event of a tagged hit")
+        eq(e.count, 2, "repeats counted")
+        check(math.abs(e.tstamp - os.time()) <= 2, "event time")
+        libruleset.resolve("ev-untagged.test:1")
+        eq(recent_events:get(1).msg, "[ev-tag] ev-tagged.test:1", "untagged hit: no event")
+        libruleset.route("10.9.8.7:1")
+        eq(recent_events:get(1).msg, "[ev-default] 10.9.8.7:1", "tagged default")
+        local s = libruleset.stats(1.0, "")
+        local block = s:match("> Recent Events\n(.-)\n>")
+        check(block, "events block: " .. s)
+        local first, second = block:match("^([^\n]*)\n([^\n]*)")
+        check(first and first:find("[ev-default] 10.9.8.7:1", 1, true), "newest first: " .. block)
+        check(second and second:find("[ev-tag] ev-tagged.test:1 (x2)", 1, true), "count: " .. block)
+        check(first:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d"), "timestamp: " .. first)
+        for i = 1, recent_events.cap + 3 do
+            libruleset.route("10.9.8." .. i .. ":1")
+        end
+        eq(recent_events.len, recent_events.cap, "bounded")
+        eq(recent_events:get(1).msg, sformat("[ev-default] 10.9.8.%d:1", recent_events.cap + 3), "newest kept")
     end)
 end)
 

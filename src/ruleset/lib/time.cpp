@@ -46,6 +46,7 @@ int luaopen_rs_time(lua_State* L) {
       {"process", guarded<clock_now<CLOCK_PROCESS_CPUTIME_ID>>},
       {"thread", guarded<clock_now<CLOCK_THREAD_CPUTIME_ID>>},
       {"wall", guarded<clock_now<CLOCK_REALTIME>>},
+      {"unix", guarded<clock_now<CLOCK_REALTIME>>},  // neosocksd's name for the wall clock
       {"measure", guarded<measure>},
       {nullptr, nullptr},
   };

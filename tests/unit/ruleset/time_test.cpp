@@ -41,6 +41,17 @@ TEST_F(TimeTest, ClocksAreFloatSeconds) {
             "");
 }
 
+// neosocksd's time.unix(): wall-clock seconds since the epoch, with a fraction.
+TEST_F(TimeTest, UnixIsWallClockSecondsAsFloat) {
+  EXPECT_EQ(Run("local t = time.unix()\n"
+                "assert(math.type(t) == 'float', math.type(t))\n"
+                "assert(math.abs(t - os.time()) < 2, t)\n"
+                "assert(math.abs(t - time.wall()) < 1)\n"
+                "local t1 repeat t1 = time.unix() until t1 ~= t or os.clock() > 1\n"
+                "assert(t1 > t and t1 - t < 1, 'sub-second resolution')"),
+            "");
+}
+
 TEST_F(TimeTest, ClocksAdvance) {
   EXPECT_EQ(Run("local m0, p0, t0 = time.monotonic(), time.process(), time.thread()\n"
                 "local m = m0\n"
