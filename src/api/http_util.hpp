@@ -20,10 +20,6 @@ inline constexpr size_t kMaxBody = size_t{4} << 20;
 // The media type of /ruleset/rpcall requests and replies.
 inline constexpr std::string_view kRpcMediaType = "application/x-neosocksd-rpc; version=1";
 
-// Percent-decoding (RFC 3986 section 2.1); with `plus_as_space`, '+' reads as
-// a space as in HTML form data. nullopt on a '%' not followed by two hex digits.
-std::optional<std::string> percent_decode(std::string_view s, bool plus_as_space);
-
 // "/path?query#fragment" -> path and query (without '?'); the fragment is
 // dropped. The absolute form "http://host/path?q" gives "/path" and "q".
 struct Target {

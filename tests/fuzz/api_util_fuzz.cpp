@@ -9,9 +9,11 @@
 #include "api/http_util.hpp"
 #include "fuzz_util.hpp"
 #include "proto/http.hpp"
+#include "proto/text.hpp"
 
 using namespace rs;
 using namespace rs::api;
+using rs::proto::percent_decode;
 
 namespace {
 

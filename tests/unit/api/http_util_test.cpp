@@ -16,20 +16,6 @@ proto::HttpHeaders headers(std::initializer_list<std::pair<const char*, const ch
   return h;
 }
 
-TEST(PercentDecode, EscapesAndPlus) {
-  EXPECT_EQ(percent_decode("a%20b%2Fc", false), "a b/c");
-  EXPECT_EQ(percent_decode("%40libruleset.lua", false), "@libruleset.lua");
-  EXPECT_EQ(percent_decode("a+b", true), "a b");
-  EXPECT_EQ(percent_decode("a+b", false), "a+b");
-  EXPECT_EQ(percent_decode("%00%ff", false), std::string("\0\xff", 2));
-  EXPECT_EQ(percent_decode("", false), "");
-  EXPECT_EQ(percent_decode("%41", false), "A");  // an escape that ends the text
-  EXPECT_FALSE(percent_decode("%4", false));
-  EXPECT_FALSE(percent_decode("%", false));
-  EXPECT_FALSE(percent_decode("%zz", false));
-  EXPECT_FALSE(percent_decode("a%g1", false));
-}
-
 TEST(SplitTarget, OriginAndAbsoluteForms) {
   auto t = split_target("/stats?nobanner=1#frag");
   EXPECT_EQ(t.path, "/stats");
