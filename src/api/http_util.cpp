@@ -209,13 +209,13 @@ ContentCoding content_coding(const proto::HttpHeaders& headers) {
   auto codings = header_list(headers, "Content-Encoding");
   std::erase(codings, "identity");
   if (codings.empty()) return {};
-  ContentCoding c{ContentCoding::kUnsupported, ruleset::Format::kAuto, codings.front()};
+  ContentCoding c{ContentCoding::kUnsupported, proto::Compression::kAuto, codings.front()};
   if (codings.size() != 1) return c;
   if (c.name == "deflate") {
     c.kind = ContentCoding::kCompressed;
   } else if (c.name == "gzip" || c.name == "x-gzip") {
     c.kind = ContentCoding::kCompressed;
-    c.format = ruleset::Format::kGzip;
+    c.format = proto::Compression::kGzip;
   }
   return c;
 }

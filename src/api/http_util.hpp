@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "proto/http.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 namespace rs::api {
 
@@ -67,8 +67,8 @@ std::vector<std::string> header_list(const proto::HttpHeaders& headers, std::str
 // identity), one of deflate (zlib or raw), gzip and x-gzip, or something else.
 struct ContentCoding {
   enum Kind { kIdentity, kCompressed, kUnsupported } kind = kIdentity;
-  ruleset::Format format = ruleset::Format::kAuto;  // for kCompressed
-  std::string name;                                 // as sent, for messages
+  proto::Compression format = proto::Compression::kAuto;  // for kCompressed
+  std::string name;                                       // as sent, for messages
 };
 ContentCoding content_coding(const proto::HttpHeaders& headers);
 

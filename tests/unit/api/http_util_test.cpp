@@ -132,11 +132,11 @@ TEST(ContentCoding, KnownUnknownAndIdentity) {
             ContentCoding::kIdentity);
   auto deflate = content_coding(headers({{"Content-Encoding", "Deflate"}}));
   EXPECT_EQ(deflate.kind, ContentCoding::kCompressed);
-  EXPECT_EQ(deflate.format, ruleset::Format::kAuto);  // zlib or raw
+  EXPECT_EQ(deflate.format, proto::Compression::kAuto);  // zlib or raw
   for (const char* gz : {"gzip", "x-gzip", "identity, gzip"}) {
     auto c = content_coding(headers({{"Content-Encoding", gz}}));
     EXPECT_EQ(c.kind, ContentCoding::kCompressed) << gz;
-    EXPECT_EQ(c.format, ruleset::Format::kGzip) << gz;
+    EXPECT_EQ(c.format, proto::Compression::kGzip) << gz;
   }
   auto br = content_coding(headers({{"Content-Encoding", "br"}}));
   EXPECT_EQ(br.kind, ContentCoding::kUnsupported);
