@@ -148,7 +148,7 @@ std::optional<MediaType> parse_media_type(std::string_view s) {
   }
 }
 
-std::string check_rpc_media_type(std::optional<std::string_view> content_type) {
+std::optional<std::string> check_rpc_media_type(std::optional<std::string_view> content_type) {
   if (!content_type) return "missing Content-Type, expected " + std::string(kRpcMediaType);
   auto mt = parse_media_type(*content_type);
   if (!mt) return "malformed Content-Type \"" + std::string(*content_type) + "\"";
@@ -158,7 +158,7 @@ std::string check_rpc_media_type(std::optional<std::string_view> content_type) {
   auto version = mt->param("version");
   if (!version) return "missing RPC version, expected " + std::string(kRpcMediaType);
   if (*version != "1") return "unsupported RPC version \"" + std::string(*version) + "\"";
-  return {};
+  return std::nullopt;
 }
 
 bool has_token(const proto::HttpHeaders& headers, std::string_view name, std::string_view token) {

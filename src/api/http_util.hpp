@@ -47,9 +47,9 @@ struct MediaType {
 };
 std::optional<MediaType> parse_media_type(std::string_view value);
 
-// Checks a /ruleset/rpcall Content-Type. Returns "" when it is
+// Checks a /ruleset/rpcall Content-Type: nullopt when it is
 // application/x-neosocksd-rpc with version=1, else what is wrong with it.
-std::string check_rpc_media_type(std::optional<std::string_view> content_type);
+std::optional<std::string> check_rpc_media_type(std::optional<std::string_view> content_type);
 
 // Whether any field named `name` lists `token` (comma-separated, any case,
 // parameters after ';' ignored), e.g. has_token(h, "Connection", "close").

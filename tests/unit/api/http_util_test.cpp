@@ -60,18 +60,22 @@ TEST(ParseFlag, NeosocksdSpellings) {
 }
 
 TEST(RpcMediaType, AcceptsVersionOneOnly) {
-  EXPECT_EQ(check_rpc_media_type(kRpcMediaType), "");
-  EXPECT_EQ(check_rpc_media_type("application/x-neosocksd-rpc;version=1"), "");
-  EXPECT_EQ(check_rpc_media_type("Application/X-Neosocksd-RPC ; Version=\"1\""), "");
-  EXPECT_EQ(check_rpc_media_type("application/x-neosocksd-rpc; charset=utf-8; version=1"), "");
-  EXPECT_NE(check_rpc_media_type(std::nullopt), "");
-  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc"), "");
-  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version=2"), "");
-  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version=10"), "");
-  EXPECT_NE(check_rpc_media_type("text/plain; version=1"), "");
-  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version"), "");
-  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version=\"1"), "");
-  EXPECT_NE(check_rpc_media_type("garbage"), "");
+  EXPECT_EQ(check_rpc_media_type(kRpcMediaType), std::nullopt);
+  EXPECT_EQ(check_rpc_media_type("application/x-neosocksd-rpc;version=1"), std::nullopt);
+  EXPECT_EQ(check_rpc_media_type("Application/X-Neosocksd-RPC ; Version=\"1\""), std::nullopt);
+  EXPECT_EQ(check_rpc_media_type("application/x-neosocksd-rpc; charset=utf-8; version=1"),
+            std::nullopt);
+  EXPECT_NE(check_rpc_media_type(std::nullopt), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc"), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version=2"), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version=10"), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("text/plain; version=1"), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version"), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("application/x-neosocksd-rpc; version=\"1"), std::nullopt);
+  EXPECT_NE(check_rpc_media_type("garbage"), std::nullopt);
+  // What is wrong is said, for the 400 answer.
+  EXPECT_EQ(check_rpc_media_type("application/x-neosocksd-rpc; version=2"),
+            "unsupported RPC version \"2\"");
 }
 
 TEST(AcceptsEncoding, QValuesAndWildcard) {
