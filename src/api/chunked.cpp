@@ -2,20 +2,17 @@
 
 #include <algorithm>
 
+#include "proto/text.hpp"
+
 namespace rs::api {
 namespace {
+
+using proto::hex_value;
 
 // Longest chunk-size line (with extensions) or trailer line we wait for.
 constexpr size_t kMaxLine = 4096;
 // Longest trailer section.
 constexpr size_t kMaxTrailer = 16384;
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 enum class Line { kFound, kNeedMore, kTooLong };
 
@@ -58,12 +55,10 @@ ChunkedDecoder::Status ChunkedDecoder::feed(std::string_view in, size_t& consume
         if (i == 0) return fail("malformed chunk size");
         // Only a chunk extension may follow: BWS ";" ...
         size_t j = i;
-        while (j < text.size() && (text[j] == ' ' || text[j] == '\t')) ++j;
+        while (j < text.size() && proto::is_ows(text[j])) ++j;
         if (j < text.size() && text[j] != ';') return fail("malformed chunk size");
         for (; j < text.size(); ++j) {
-          auto c = static_cast<unsigned char>(text[j]);
-          if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return fail("control character in chunk extension");
+          if (!proto::is_text_char(text[j])) return fail("control character in chunk extension");
         }
         consumed += length;
         if (size == 0) {

@@ -8,7 +8,7 @@
 #include <new>
 
 #include "core/log.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 namespace rs::api {
 namespace {
@@ -301,25 +301,25 @@ void ApiConnection::dispatch() {
     return;
   }
   if (coding.kind == ContentCoding::kCompressed) {
-    std::string err;
-    std::optional<std::string> decoded;
+    proto::Inflated decoded;
     try {
-      decoded = ruleset::inflate_body(body, coding.format, limits_.max_body, &err);
+      decoded = proto::inflate_body(body, coding.format, limits_.max_body);
     } catch (const std::bad_alloc&) {
       respond_error(500, "out of memory", false);
       return;
     }
-    if (!decoded) {
-      // inflate_body reports a breach of the limit in these words.
-      if (err.starts_with("output exceeds")) {
+    switch (decoded.error) {
+      case proto::Inflated::Error::kNone:
+        body = std::move(decoded.data);
+        break;
+      case proto::Inflated::Error::kTooLarge:
         respond_error(413, fmt::format("decoded request body exceeds {} bytes", limits_.max_body),
                       false);
-      } else {
-        respond_error(400, fmt::format("corrupt {} body: {}", coding.name, err), false);
-      }
-      return;
+        return;
+      case proto::Inflated::Error::kCorrupt:
+        respond_error(400, fmt::format("corrupt {} body: {}", coding.name, decoded.message), false);
+        return;
     }
-    body = std::move(*decoded);
   }
 
   ApiRequest req{head_.method, target.path, *query, head_.headers, std::move(body)};
@@ -364,7 +364,7 @@ void ApiConnection::respond(ApiResponse r, bool close) {
   std::string body = std::move(r.body);
   if (accept_deflate_ && body.size() >= limits_.compress_min) {
     try {
-      std::string z = ruleset::deflate_body(body, ruleset::Format::kZlib);
+      std::string z = proto::deflate_body(body, proto::Compression::kZlib);
       if (z.size() < body.size()) {
         body = std::move(z);
         h.emplace_back("Content-Encoding", "deflate");

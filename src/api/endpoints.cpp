@@ -191,9 +191,8 @@ Endpoints::Outcome Endpoints::ruleset(std::string_view name, ApiRequest& req, Re
   }
 
   // rpcall
-  if (std::string problem = check_rpc_media_type(proto::find_header(req.headers, "Content-Type"));
-      !problem.empty()) {
-    out.response = text_response(400, "rpcall: " + problem);
+  if (auto problem = check_rpc_media_type(proto::find_header(req.headers, "Content-Type"))) {
+    out.response = text_response(400, "rpcall: " + *problem);
     return out;
   }
   out.handle = engine->rpcall(req.body, [reply = std::move(reply)](std::string result) {

@@ -2,60 +2,17 @@
 
 #include <algorithm>
 
+#include "proto/text.hpp"
+
 namespace rs::api {
 namespace {
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-char lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-std::string to_lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lower(c);
-  return out;
-}
-
-bool is_ows(char c) {
-  return c == ' ' || c == '\t';
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_ows(s.back())) s.remove_suffix(1);
-  return s;
-}
-
-// tchar (RFC 9110 section 5.6.2).
-bool is_tchar(char c) {
-  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  switch (c) {
-    case '!':
-    case '#':
-    case '$':
-    case '%':
-    case '&':
-    case '\'':
-    case '*':
-    case '+':
-    case '-':
-    case '.':
-    case '^':
-    case '_':
-    case '`':
-    case '|':
-    case '~':
-      return true;
-    default:
-      return false;
-  }
-}
+using proto::iequals;
+using proto::is_tchar;
+using proto::percent_decode;
+using proto::skip_ows;
+using proto::to_lower;
+using proto::trim_ows;
 
 // Reads a token from the front of `s`; empty when there is none.
 std::string_view take_token(std::string_view& s) {
@@ -64,10 +21,6 @@ std::string_view take_token(std::string_view& s) {
   std::string_view tok = s.substr(0, n);
   s.remove_prefix(n);
   return tok;
-}
-
-void skip_ows(std::string_view& s) {
-  while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
 }
 
 // Reads a quoted-string (opening quote at the front); nullopt if unterminated.
@@ -84,7 +37,7 @@ std::optional<std::string> take_quoted(std::string_view& s) {
       if (i + 1 >= s.size()) return std::nullopt;
       c = s[++i];
     }
-    if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return std::nullopt;
+    if (!proto::is_text_char(c)) return std::nullopt;
     out.push_back(c);
     ++i;
   }
@@ -96,11 +49,11 @@ std::optional<std::string> take_quoted(std::string_view& s) {
 template <class Fn>
 void for_each_element(const proto::HttpHeaders& headers, std::string_view name, Fn&& fn) {
   for (const auto& [field, value] : headers) {
-    if (!proto::iequals(field, name)) continue;
+    if (!iequals(field, name)) continue;
     std::string_view rest = value;
     while (!rest.empty()) {
       size_t comma = rest.find(',');
-      std::string_view elem = trim(rest.substr(0, comma));
+      std::string_view elem = trim_ows(rest.substr(0, comma));
       rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
       if (!elem.empty()) fn(elem);
     }
@@ -108,26 +61,6 @@ void for_each_element(const proto::HttpHeaders& headers, std::string_view name, 
 }
 
 }  // namespace
-
-std::optional<std::string> percent_decode(std::string_view s, bool plus_as_space) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c == '%') {
-      if (i + 2 >= s.size()) return std::nullopt;
-      int hi = hex_value(s[i + 1]), lo = hex_value(s[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      out.push_back(static_cast<char>(hi << 4 | lo));
-      i += 2;
-    } else if (c == '+' && plus_as_space) {
-      out.push_back(' ');
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
 
 Target split_target(std::string_view target) {
   if (size_t scheme = target.find("://");
@@ -177,7 +110,7 @@ bool parse_flag(std::string_view value) {
 
 std::optional<std::string_view> MediaType::param(std::string_view name) const {
   for (const auto& [k, v] : params)
-    if (proto::iequals(k, name)) return std::string_view(v);
+    if (iequals(k, name)) return std::string_view(v);
   return std::nullopt;
 }
 
@@ -215,7 +148,7 @@ std::optional<MediaType> parse_media_type(std::string_view s) {
   }
 }
 
-std::string check_rpc_media_type(std::optional<std::string_view> content_type) {
+std::optional<std::string> check_rpc_media_type(std::optional<std::string_view> content_type) {
   if (!content_type) return "missing Content-Type, expected " + std::string(kRpcMediaType);
   auto mt = parse_media_type(*content_type);
   if (!mt) return "malformed Content-Type \"" + std::string(*content_type) + "\"";
@@ -225,13 +158,13 @@ std::string check_rpc_media_type(std::optional<std::string_view> content_type) {
   auto version = mt->param("version");
   if (!version) return "missing RPC version, expected " + std::string(kRpcMediaType);
   if (*version != "1") return "unsupported RPC version \"" + std::string(*version) + "\"";
-  return {};
+  return std::nullopt;
 }
 
 bool has_token(const proto::HttpHeaders& headers, std::string_view name, std::string_view token) {
   bool found = false;
   for_each_element(headers, name, [&](std::string_view elem) {
-    if (proto::iequals(trim(elem.substr(0, elem.find(';'))), token)) found = true;
+    if (iequals(trim_ows(elem.substr(0, elem.find(';'))), token)) found = true;
   });
   return found;
 }
@@ -240,16 +173,16 @@ bool accepts_encoding(const proto::HttpHeaders& headers, std::string_view coding
   std::optional<bool> exact, wildcard;
   for_each_element(headers, "Accept-Encoding", [&](std::string_view elem) {
     size_t semi = elem.find(';');
-    std::string_view name = trim(elem.substr(0, semi));
+    std::string_view name = trim_ows(elem.substr(0, semi));
     bool acceptable = true;
     std::string_view params =
         semi == std::string_view::npos ? std::string_view{} : elem.substr(semi);
     while (!params.empty()) {
       params.remove_prefix(1);  // ';'
       size_t next = params.find(';');
-      std::string_view p = trim(params.substr(0, next));
+      std::string_view p = trim_ows(params.substr(0, next));
       params = next == std::string_view::npos ? std::string_view{} : params.substr(next);
-      if (p.size() >= 2 && lower(p[0]) == 'q' && p[1] == '=') {
+      if (p.size() >= 2 && proto::ascii_lower(p[0]) == 'q' && p[1] == '=') {
         // q=0, q=0.0, q=0.000 all mean "not acceptable".
         std::string_view v = p.substr(2);
         bool zero = !v.empty() && v[0] == '0';
@@ -257,7 +190,7 @@ bool accepts_encoding(const proto::HttpHeaders& headers, std::string_view coding
         acceptable = !zero;
       }
     }
-    if (proto::iequals(name, coding))
+    if (iequals(name, coding))
       exact = acceptable;
     else if (name == "*")
       wildcard = acceptable;
@@ -276,13 +209,13 @@ ContentCoding content_coding(const proto::HttpHeaders& headers) {
   auto codings = header_list(headers, "Content-Encoding");
   std::erase(codings, "identity");
   if (codings.empty()) return {};
-  ContentCoding c{ContentCoding::kUnsupported, ruleset::Format::kAuto, codings.front()};
+  ContentCoding c{ContentCoding::kUnsupported, proto::Compression::kAuto, codings.front()};
   if (codings.size() != 1) return c;
   if (c.name == "deflate") {
     c.kind = ContentCoding::kCompressed;
   } else if (c.name == "gzip" || c.name == "x-gzip") {
     c.kind = ContentCoding::kCompressed;
-    c.format = ruleset::Format::kGzip;
+    c.format = proto::Compression::kGzip;
   }
   return c;
 }

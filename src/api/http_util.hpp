@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "proto/http.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 namespace rs::api {
 
@@ -19,10 +19,6 @@ inline constexpr size_t kMaxBody = size_t{4} << 20;
 
 // The media type of /ruleset/rpcall requests and replies.
 inline constexpr std::string_view kRpcMediaType = "application/x-neosocksd-rpc; version=1";
-
-// Percent-decoding (RFC 3986 section 2.1); with `plus_as_space`, '+' reads as
-// a space as in HTML form data. nullopt on a '%' not followed by two hex digits.
-std::optional<std::string> percent_decode(std::string_view s, bool plus_as_space);
 
 // "/path?query#fragment" -> path and query (without '?'); the fragment is
 // dropped. The absolute form "http://host/path?q" gives "/path" and "q".
@@ -51,9 +47,9 @@ struct MediaType {
 };
 std::optional<MediaType> parse_media_type(std::string_view value);
 
-// Checks a /ruleset/rpcall Content-Type. Returns "" when it is
+// Checks a /ruleset/rpcall Content-Type: nullopt when it is
 // application/x-neosocksd-rpc with version=1, else what is wrong with it.
-std::string check_rpc_media_type(std::optional<std::string_view> content_type);
+std::optional<std::string> check_rpc_media_type(std::optional<std::string_view> content_type);
 
 // Whether any field named `name` lists `token` (comma-separated, any case,
 // parameters after ';' ignored), e.g. has_token(h, "Connection", "close").
@@ -71,8 +67,8 @@ std::vector<std::string> header_list(const proto::HttpHeaders& headers, std::str
 // identity), one of deflate (zlib or raw), gzip and x-gzip, or something else.
 struct ContentCoding {
   enum Kind { kIdentity, kCompressed, kUnsupported } kind = kIdentity;
-  ruleset::Format format = ruleset::Format::kAuto;  // for kCompressed
-  std::string name;                                 // as sent, for messages
+  proto::Compression format = proto::Compression::kAuto;  // for kCompressed
+  std::string name;                                       // as sent, for messages
 };
 ContentCoding content_coding(const proto::HttpHeaders& headers);
 

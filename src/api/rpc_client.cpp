@@ -12,7 +12,7 @@
 #include "proto/address.hpp"
 #include "proto/http.hpp"
 #include "proto/proxy_uri.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 namespace rs::api {
 namespace {
@@ -133,7 +133,7 @@ void RpcCall::start(std::string code, std::string addr, std::vector<std::string>
   std::string body = std::move(code);
   bool deflated = false;
   if (body.size() > kRpcCompressMin) {
-    std::string z = ruleset::deflate_body(body, ruleset::Format::kZlib);
+    std::string z = proto::deflate_body(body, proto::Compression::kZlib);
     if (z.size() < body.size()) {
       body = std::move(z);
       deflated = true;
@@ -302,13 +302,13 @@ void RpcCall::complete() {
     return;
   }
   if (coding.kind == ContentCoding::kCompressed) {
-    std::string err;
-    auto decoded = ruleset::inflate_body(body_, coding.format, kMaxBody, &err);
-    if (!decoded) {
-      finish(false, fmt::format("rpc {}: corrupt {} response: {}", addr_, coding.name, err));
+    proto::Inflated decoded = proto::inflate_body(body_, coding.format, kMaxBody);
+    if (!decoded.ok()) {
+      finish(false,
+             fmt::format("rpc {}: corrupt {} response: {}", addr_, coding.name, decoded.message));
       return;
     }
-    body_ = std::move(*decoded);
+    body_ = std::move(decoded.data);
   }
   if (head_.status == 200) {
     finish(true, std::move(body_));

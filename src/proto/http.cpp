@@ -3,44 +3,22 @@
 #include <algorithm>
 #include <limits>
 
+#include "proto/text.hpp"
+
 namespace rs::proto {
 
 namespace {
 
 // ---- Character classes (RFC 9110 section 5.6.2, RFC 9112 section 3.2) ----
-
-bool is_digit(char c) {
-  return c >= '0' && c <= '9';
-}
-
-bool is_tchar(char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c)) return true;
-  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
-bool is_token(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar);
-}
+// tchar, OWS and field text are in proto/text.hpp.
 
 // Visible ASCII: a request target carries no spaces, controls or raw 8-bit.
 bool is_target_char(char c) {
   return c > 0x20 && c < 0x7f;
 }
 
-// Field values and reason phrases: VCHAR, obs-text, SP and HTAB.
-bool is_text_char(char c) {
-  auto u = static_cast<unsigned char>(c);
-  return u == '\t' || (u >= 0x20 && u != 0x7f);
-}
-
 bool is_text(std::string_view s) {
   return std::all_of(s.begin(), s.end(), is_text_char);
-}
-
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
 }
 
 // ---- Head reader ----
@@ -158,12 +136,6 @@ int base64_value(char c) {
 }
 
 }  // namespace
-
-bool iequals(std::string_view a, std::string_view b) {
-  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
-                                            [&](char x, char y) { return lower(x) == lower(y); });
-}
 
 std::optional<std::string_view> find_header(const HttpHeaders& headers, std::string_view name) {
   for (const auto& [key, value] : headers) {

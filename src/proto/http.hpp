@@ -18,6 +18,7 @@
 
 #include "proto/address.hpp"
 #include "proto/parse.hpp"
+#include "proto/text.hpp"  // iequals, for users of HttpHeaders
 
 namespace rs::proto {
 
@@ -27,8 +28,6 @@ inline constexpr size_t kMaxHttpHead = 16384;
 // find_header(), which ignores case.
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
-// ASCII case-insensitive comparison (header names, auth schemes).
-bool iequals(std::string_view a, std::string_view b);
 // Value of the first field named `name` (any case).
 std::optional<std::string_view> find_header(const HttpHeaders& headers, std::string_view name);
 

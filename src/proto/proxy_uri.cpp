@@ -2,7 +2,7 @@
 
 #include <optional>
 
-#include "proto/http.hpp"  // iequals
+#include "proto/text.hpp"
 
 namespace rs::proto {
 
@@ -15,39 +15,10 @@ std::optional<ProxyUri::Scheme> parse_scheme(std::string_view s) {
   return std::nullopt;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::optional<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out.push_back(s[i]);
-      continue;
-    }
-    int hi = i + 2 < s.size() ? hex_value(s[i + 1]) : -1;
-    int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
-    if (lo < 0) return std::nullopt;
-    out.push_back(static_cast<char>(hi << 4 | lo));
-    i += 2;
-  }
-  return out;
-}
-
 // Characters that must be escaped to survive in a printed URI's host part are
 // all refused by make_address(), so no escaping is needed when printing.
 std::string host_for_uri(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
-}
-
-std::string_view trim_spaces(std::string_view s) {
-  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
-  while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
-  return s;
 }
 
 }  // namespace
@@ -147,7 +118,7 @@ ProxyListResult parse_proxy_list(std::string_view text) {
   ProxyListResult result;
   for (;;) {
     size_t comma = text.find(',');
-    auto entry = trim_spaces(text.substr(0, comma));
+    auto entry = trim_ows(text.substr(0, comma));
     if (entry.empty())
       return {{}, "proxy " + std::to_string(result.proxies.size() + 1) + ": empty entry"};
     auto parsed = parse_proxy_uri(entry);

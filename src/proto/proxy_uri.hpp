@@ -44,7 +44,7 @@ struct ProxyUriResult {
 };
 ProxyUriResult parse_proxy_uri(std::string_view text);
 
-// A comma-separated chain, first hop first. Spaces around entries are
+// A comma-separated chain, first hop first. Spaces and tabs around entries are
 // ignored; an empty entry is an error.
 struct ProxyListResult {
   std::vector<ProxyUri> proxies;

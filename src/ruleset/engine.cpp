@@ -11,7 +11,7 @@
 #include "core/log.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 #include "ruleset/runtime.hpp"
 
 namespace rs::ruleset {
@@ -165,13 +165,12 @@ bool Engine::load_file(const std::string& path, std::string* err) {
   }
   std::string chunk = std::move(buf).str();
   if (chunk.size() >= 2 && uint8_t(chunk[0]) == 0x1f && uint8_t(chunk[1]) == 0x8b) {
-    std::string why;
-    auto plain = inflate_body(chunk, Format::kGzip, kInflateLimit, &why);
-    if (!plain) {
-      *err = fmt::format("{}: {}", path, why);
+    proto::Inflated plain = proto::inflate_body(chunk, proto::Compression::kGzip);
+    if (!plain.ok()) {
+      *err = fmt::format("{}: {}", path, plain.message);
       return false;
     }
-    chunk = std::move(*plain);
+    chunk = std::move(plain.data);
   }
   auto dir = std::filesystem::path(path).parent_path();
   rt_->add_package_path(dir.empty() ? "." : dir.string());

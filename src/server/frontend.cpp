@@ -50,7 +50,8 @@ class Socks4Frontend final : public Frontend {
     auto r = proto::parse_socks4_request(in);
     if (r.need_more()) return {};
     const std::string rejected = bytes(proto::socks4_reply(proto::socks4::kRejected));
-    if (r.failed()) return fail(rejected, "socks4: " + r.error);
+    // The parsers' messages already name the protocol ("socks4a: ...").
+    if (r.failed()) return fail(rejected, r.error);
     is_4a_ = r.value.is_4a;
     if (r.value.command != proto::socks4::kConnect)
       return fail(rejected, "socks4: command not supported");
@@ -99,7 +100,7 @@ class Socks5Frontend final : public Frontend {
   Step greeting(std::span<const uint8_t> in) {
     auto r = proto::parse_socks5_greeting(in);
     if (r.need_more()) return {};
-    if (r.failed()) return fail({}, "socks5: " + r.error);
+    if (r.failed()) return fail({}, r.error);
     using namespace proto::socks5;
     // Credentials are asked for when something will look at them, and taken
     // from a client that offers nothing else.
@@ -119,7 +120,7 @@ class Socks5Frontend final : public Frontend {
   Step auth(std::span<const uint8_t> in) {
     auto r = proto::parse_socks5_auth(in);
     if (r.need_more()) return {};
-    if (r.failed()) return fail(bytes(proto::auth_reply(false)), "socks5: " + r.error);
+    if (r.failed()) return fail(bytes(proto::auth_reply(false)), r.error);
     // Until a ruleset decides, any non-empty username is accepted.
     if (r.value.username.empty())
       return fail(bytes(proto::auth_reply(false)), "socks5: empty username");
@@ -135,7 +136,7 @@ class Socks5Frontend final : public Frontend {
     const proto::Address none{proto::Ipv4{}, 0};
     if (r.failed()) {
       uint8_t rep = r.code ? static_cast<uint8_t>(r.code) : proto::socks5::kGeneralFailure;
-      return fail(proto::socks5_reply(rep, none), "socks5: " + r.error);
+      return fail(proto::socks5_reply(rep, none), r.error);
     }
     if (r.value.command != proto::socks5::kConnect)
       return fail(proto::socks5_reply(proto::socks5::kCommandNotSupported, none),
@@ -163,7 +164,7 @@ class HttpFrontend final : public Frontend {
     if (r.need_more()) return {};
     if (r.failed()) {
       int status = r.code ? r.code : 400;
-      return fail(error_response(status, r.error), "http: " + r.error);
+      return fail(error_response(status, r.error), r.error);
     }
     const auto& head = r.value;
     if (head.method != "CONNECT") {

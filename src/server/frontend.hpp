@@ -29,6 +29,7 @@ struct Step {
   size_t consumed = 0;  // input bytes used by this step
   std::string out;
   ClientRequest request;
+  // Names the protocol once, as the proto parsers' messages do ("socks5: empty username").
   std::string error;
 };
 

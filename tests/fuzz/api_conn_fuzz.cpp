@@ -24,7 +24,7 @@
 #include "core/log.hpp"
 #include "fuzz_util.hpp"
 #include "proto/http.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 using namespace rs;
 
@@ -139,7 +139,7 @@ std::vector<int> check_responses(std::string_view out, int requests) {
     std::string_view body = out.substr(0, n);
     out.remove_prefix(n);
     if (n > 0 && api::has_token(h.headers, "Content-Encoding", "deflate")) {
-      FUZZ_CHECK(ruleset::inflate_body(body, ruleset::Format::kZlib).has_value());
+      FUZZ_CHECK(proto::inflate_body(body, proto::Compression::kZlib).ok());
     }
     if (api::has_token(h.headers, "Connection", "close")) FUZZ_CHECK(out.empty());
   }

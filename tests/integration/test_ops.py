@@ -389,6 +389,11 @@ class AuthRequired(IntegrationCase):
             self.assertEqual(reply[0], 1, reply.hex())
             self.assertNotEqual(reply[1], 0, "empty username accepted")
             self.assertIsNotNone(wait_closed(s, 2))
+        # The log names the reason, with the protocol named once.
+        line = "closing: socks5: empty username"
+        self.assertTrue(wait_until(lambda: line in self.proxy.log_text(), 2), self.proxy.log_tail())
+        self.assertIsNone(re.search(r"\b(socks4a?|socks5|http): \1: ", self.proxy.log_text()),
+                          self.proxy.log_tail())
 
     def test_socks5_with_credentials_download(self):
         """curl -x socks5://alice:secret@ downloads 10 MiB intact."""

@@ -1,15 +1,16 @@
 // zlib.compress/uncompress (zlib format) and zlib.gzip/gunzip (gzip format) for rulesets.
-#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 #include "ruleset/lib/libs.hpp"
 #include "ruleset/lib/lua_util.hpp"
 
 namespace rs::ruleset {
 namespace {
+
+using proto::Compression;
 
 // Holds the C++ side of one call in a userdata, so a Lua error (say, out of memory while pushing
 // the result) cannot leak it.
@@ -20,15 +21,15 @@ struct Result {
 constexpr char kResultBox[] = "rs.zlib.Result";
 
 // The C++ work runs in these helpers, whose temporaries are gone before the caller may raise.
-bool run_inflate(Result* r, std::string_view in, Format format) {
-  std::optional<std::string> out = inflate_body(in, format, kInflateLimit, &r->err);
-  if (!out) return false;
-  r->out = std::move(*out);
-  return true;
+bool run_inflate(Result* r, std::string_view in, Compression format) {
+  proto::Inflated inflated = proto::inflate_body(in, format);
+  r->out = std::move(inflated.data);
+  r->err = std::move(inflated.message);
+  return inflated.ok();
 }
 
-void run_deflate(Result* r, std::string_view in, Format format, int level) {
-  r->out = deflate_body(in, format, level);
+void run_deflate(Result* r, std::string_view in, Compression format, int level) {
+  r->out = proto::deflate_body(in, format, level);
 }
 
 // Frees the C++ copy right away instead of at the next collection: it may be 64 MiB.
@@ -39,7 +40,7 @@ int push_out(lua_State* L, Result* r) {
 }
 
 // compress(s [, level]) -> compressed string
-template <Format F>
+template <Compression F>
 int compress(lua_State* L) {
   size_t len = 0;
   const char* s = luaL_checklstring(L, 1, &len);
@@ -51,7 +52,7 @@ int compress(lua_State* L) {
 }
 
 // uncompress(z) -> original string; raises "zlib: ..." on bad input or oversized output
-template <Format F>
+template <Compression F>
 int uncompress(lua_State* L) {
   size_t len = 0;
   const char* s = luaL_checklstring(L, 1, &len);
@@ -64,10 +65,10 @@ int uncompress(lua_State* L) {
 
 int luaopen_rs_zlib(lua_State* L) {
   static constexpr luaL_Reg kFuncs[] = {
-      {"compress", guarded<compress<Format::kZlib>>},
-      {"uncompress", guarded<uncompress<Format::kZlib>>},
-      {"gzip", guarded<compress<Format::kGzip>>},
-      {"gunzip", guarded<uncompress<Format::kGzip>>},
+      {"compress", guarded<compress<Compression::kZlib>>},
+      {"uncompress", guarded<uncompress<Compression::kZlib>>},
+      {"gzip", guarded<compress<Compression::kGzip>>},
+      {"gunzip", guarded<uncompress<Compression::kGzip>>},
       {nullptr, nullptr},
   };
   luaL_newlib(L, kFuncs);

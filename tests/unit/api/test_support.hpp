@@ -24,7 +24,7 @@
 #include "core/loop.hpp"
 #include "net/sockaddr.hpp"
 #include "proto/http.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 namespace rs::api::test {
 
@@ -151,7 +151,8 @@ struct Response {
   std::string text() const {
     auto enc = header("Content-Encoding");
     if (!enc || *enc != "deflate") return body;
-    return ruleset::inflate_body(body, ruleset::Format::kAuto).value_or("<corrupt deflate>");
+    proto::Inflated r = proto::inflate_body(body, proto::Compression::kAuto);
+    return r.ok() ? std::move(r.data) : "<corrupt deflate>";
   }
 };
 

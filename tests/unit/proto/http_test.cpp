@@ -286,15 +286,6 @@ TEST(HttpBuild, ConnectRequest) {
 
 // ---- Helpers ----
 
-TEST(HttpHelpers, Iequals) {
-  EXPECT_TRUE(iequals("Content-Length", "content-LENGTH"));
-  EXPECT_TRUE(iequals("", ""));
-  EXPECT_FALSE(iequals("abc", "abcd"));
-  EXPECT_FALSE(iequals("a-b", "a_b"));
-  EXPECT_FALSE(iequals("\xc3\xa9", "\xc3\x89"));  // ASCII only
-  EXPECT_FALSE(iequals("[", "{"));                // 0x5b vs 0x7b: only letters fold
-}
-
 TEST(HttpHelpers, ParseContentLength) {
   EXPECT_EQ(parse_content_length("0"), 0u);
   EXPECT_EQ(parse_content_length("0042"), 42u);

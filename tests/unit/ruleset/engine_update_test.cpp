@@ -8,7 +8,7 @@
 #include <string>
 
 #include "engine_fixture.hpp"
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 namespace rs::ruleset::testing {
 namespace {
@@ -186,7 +186,8 @@ TEST_F(EngineTest, LoadFilePlainAndGzipWithPackagePath) {
   const std::string ruleset =
       R"(local h = require("helper") return { resolve = function() return h.target end })";
   std::ofstream(dir / "plain.lua") << ruleset;
-  std::ofstream(dir / "packed.lua.gz", std::ios::binary) << deflate_body(ruleset, Format::kGzip);
+  std::ofstream(dir / "packed.lua.gz", std::ios::binary)
+      << proto::deflate_body(ruleset, proto::Compression::kGzip);
 
   std::string err;
   ASSERT_TRUE(engine_->load_file((dir / "plain.lua").string(), &err)) << err;

@@ -4,14 +4,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "ruleset/lib/codec.hpp"
 #include "ruleset/lib/libs.hpp"
 
 namespace {
-
-using rs::ruleset::deflate_body;
-using rs::ruleset::Format;
-using rs::ruleset::inflate_body;
 
 std::string random_bytes(size_t n, unsigned seed) {
   std::mt19937 rng(seed);
@@ -96,79 +91,6 @@ TEST_F(ZlibTest, OutputIsBoundedAt64MiB) {
   EXPECT_NE(Run("zlib.uncompress(zlib.compress(string.rep('\\0', 64 * 1024 * 1024 + 1)))")
                 .find("zlib: output exceeds the limit of 67108864 bytes"),
             std::string::npos);
-}
-
-TEST(CodecTest, RoundTripsEachFormat) {
-  const std::string data = random_bytes(100000, 2) + std::string(100000, 'x');
-  for (Format f : {Format::kZlib, Format::kRawDeflate, Format::kGzip}) {
-    const std::string z = deflate_body(data, f);
-    EXPECT_LT(z.size(), data.size());
-    EXPECT_EQ(inflate_body(z, f), data);
-    EXPECT_EQ(inflate_body(z, Format::kAuto), data) << "auto-detect";
-  }
-  EXPECT_EQ(inflate_body(deflate_body("", Format::kGzip), Format::kGzip), "");
-  EXPECT_EQ(inflate_body(deflate_body("abc", Format::kAuto), Format::kZlib), "abc");
-}
-
-TEST(CodecTest, FormatsAreTold) {
-  EXPECT_EQ(deflate_body("abc", Format::kZlib)[0], '\x78');
-  EXPECT_EQ(deflate_body("abc", Format::kGzip).substr(0, 2), "\x1f\x8b");
-  std::string err;
-  EXPECT_FALSE(inflate_body(deflate_body("abc", Format::kRawDeflate), Format::kZlib,
-                            rs::ruleset::kInflateLimit, &err));
-  EXPECT_FALSE(err.empty());
-}
-
-TEST(CodecTest, GzipMembersConcatenate) {
-  const std::string z =
-      deflate_body("hello, ", Format::kGzip) + deflate_body("world", Format::kGzip);
-  EXPECT_EQ(inflate_body(z, Format::kGzip), "hello, world");
-  EXPECT_EQ(inflate_body(z, Format::kAuto), "hello, world");
-  std::string err;
-  EXPECT_FALSE(inflate_body(z + "junk", Format::kGzip, 1000, &err));
-  EXPECT_EQ(err, "trailing data after the end of the stream");
-}
-
-TEST(CodecTest, Limit) {
-  const std::string data(100000, 'a');
-  const std::string z = deflate_body(data, Format::kZlib);
-  EXPECT_EQ(inflate_body(z, Format::kZlib, data.size()), data);
-  std::string err;
-  EXPECT_FALSE(inflate_body(z, Format::kZlib, data.size() - 1, &err));
-  EXPECT_EQ(err, "output exceeds the limit of 99999 bytes");
-  EXPECT_FALSE(inflate_body(z, Format::kZlib, 0));
-  EXPECT_EQ(inflate_body(deflate_body("", Format::kZlib), Format::kZlib, 0), "");
-}
-
-TEST(CodecTest, BadInput) {
-  std::string err;
-  EXPECT_FALSE(inflate_body("", Format::kAuto, 100, &err));
-  EXPECT_EQ(err, "truncated input");
-  const std::string z = deflate_body(random_bytes(5000, 3), Format::kGzip);
-  EXPECT_FALSE(inflate_body(z.substr(0, z.size() / 2), Format::kGzip, 1 << 20, &err));
-  EXPECT_EQ(err, "truncated input");
-  std::string bad = z;
-  bad[bad.size() - 6] ^= 1;  // inside the CRC-32
-  EXPECT_FALSE(inflate_body(bad, Format::kGzip, 1 << 20, &err));
-  EXPECT_EQ(err, "incorrect data check");
-  EXPECT_FALSE(inflate_body("\xff\xff\xff\xff", Format::kRawDeflate, 100, &err));
-  EXPECT_FALSE(err.empty());
-  // Seeded random garbage: never a crash, usually an error, never output past the limit.
-  std::mt19937 rng(4);
-  for (int i = 0; i < 2000; ++i) {
-    std::string g = z;
-    for (int k = 0; k < 3; ++k) g[rng() % g.size()] = static_cast<char>(rng());
-    const auto out = inflate_body(g, Format::kAuto, 6000);
-    if (out) {
-      EXPECT_LE(out->size(), 6000u);
-    }
-  }
-}
-
-TEST(CodecTest, BadLevelThrows) {
-  EXPECT_THROW(deflate_body("x", Format::kZlib, 10), std::invalid_argument);
-  EXPECT_THROW(deflate_body("x", Format::kZlib, -2), std::invalid_argument);
-  EXPECT_NO_THROW(deflate_body("x", Format::kZlib, 0));
 }
 
 }  // namespace

@@ -121,6 +121,7 @@ TEST(Socks5Frontend, EmptyUsernameFailsAuth) {
   Step s = feed_bytewise(*fe, str({1, 0, 0}));
   ASSERT_EQ(s.status, Step::kFail);
   EXPECT_EQ(s.out, str({1, 1}));
+  EXPECT_EQ(s.error, "socks5: empty username");
 }
 
 TEST(Socks5Frontend, NoAuthPreferredWithoutRuleset) {
@@ -246,6 +247,44 @@ TEST(HttpFrontend, FailureStatuses) {
   EXPECT_EQ(fe->reply(DialError::kTimeout).rfind("HTTP/1.1 504 ", 0), 0u);
   EXPECT_EQ(fe->reply(DialError::kRefused).rfind("HTTP/1.1 502 ", 0), 0u);
   EXPECT_EQ(fe->reply(DialError::kNotAllowed).rfind("HTTP/1.1 403 ", 0), 0u);
+}
+
+// The session logs a failure as "<peer>: closing: <error>", so the error must
+// name its protocol exactly once, whether the parser or the frontend found it.
+TEST(FrontendErrors, NameTheProtocolOnce) {
+  struct Case {
+    std::unique_ptr<Frontend> fe;
+    std::vector<std::string> messages;  // fed in turn; the last one fails
+    std::string error;
+  };
+  Case cases[] = {
+      {make_socks4_frontend({}),
+       {str({4, 1, 0, 80, 0, 0, 0, 1, 0, 0})},
+       "socks4a: empty host name"},
+      {make_socks4_frontend({}), {str({4, 9, 0, 80, 1, 2, 3, 4, 0})}, "socks4: unknown command 9"},
+      {make_socks4_frontend({}),
+       {str({4, 2, 0, 80, 1, 2, 3, 4, 0})},
+       "socks4: command not supported"},
+      {make_socks5_frontend({}), {str({5, 0})}, "socks5: greeting offers no method"},
+      {make_socks5_frontend({.auth_required = true}),
+       {str({5, 1, 2}), str({1, 0, 0})},
+       "socks5: empty username"},
+      {make_socks5_frontend({}),
+       {str({5, 1, 0}), str({5, 1, 0, 9, 0, 0})},
+       "socks5: unknown address type 9"},
+      {make_http_frontend({}),
+       {"CONNECT a.example:80 HTTP/2.0\r\n\r\n"},
+       "http: unsupported version HTTP/2.0"},
+      {make_http_frontend({}),
+       {"CONNECT a.example:80 HTTP/1.1\r\nBad Name: x\r\n\r\n"},
+       "http: invalid header name"},
+  };
+  for (auto& c : cases) {
+    Step s;
+    for (const auto& m : c.messages) s = feed_bytewise(*c.fe, m);
+    ASSERT_EQ(s.status, Step::kFail) << c.error;
+    EXPECT_EQ(s.error, c.error);
+  }
 }
 
 TEST(Sniff, FirstByte) {

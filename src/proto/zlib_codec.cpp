@@ -1,4 +1,4 @@
-#include "ruleset/lib/codec.hpp"
+#include "proto/zlib_codec.hpp"
 
 #include <zlib.h>
 
@@ -8,7 +8,7 @@
 #include <new>
 #include <stdexcept>
 
-namespace rs::ruleset {
+namespace rs::proto {
 namespace {
 
 // Output is produced through a fixed buffer: inflated sizes are unknown in advance, and this
@@ -28,11 +28,11 @@ bool is_zlib_header(std::string_view in) {
   return (cmf & 0x0f) == Z_DEFLATED && (cmf >> 4) <= 7 && (cmf << 8 | flg) % 31 == 0;
 }
 
-int window_bits(Format format) {
+int window_bits(Compression format) {
   switch (format) {
-    case Format::kRawDeflate:
+    case Compression::kRawDeflate:
       return -MAX_WBITS;
-    case Format::kGzip:
+    case Compression::kGzip:
       return MAX_WBITS + 16;
     default:
       return MAX_WBITS;
@@ -79,19 +79,21 @@ struct Deflater {
   ~Deflater() { deflateEnd(&zs); }
 };
 
-std::nullopt_t fail(std::string* err, std::string msg) {
-  if (err) *err = std::move(msg);
-  return std::nullopt;
+Inflated fail(Inflated::Error error, std::string message) {
+  return {error, {}, std::move(message)};
+}
+
+Inflated corrupt(std::string message) {
+  return fail(Inflated::Error::kCorrupt, std::move(message));
 }
 
 }  // namespace
 
-std::optional<std::string> inflate_body(std::string_view in, Format format, size_t limit,
-                                        std::string* err) {
-  if (format == Format::kAuto) {
-    format = is_gzip_magic(in)    ? Format::kGzip
-             : is_zlib_header(in) ? Format::kZlib
-                                  : Format::kRawDeflate;
+Inflated inflate_body(std::string_view in, Compression format, size_t limit) {
+  if (format == Compression::kAuto) {
+    format = is_gzip_magic(in)    ? Compression::kGzip
+             : is_zlib_header(in) ? Compression::kZlib
+                                  : Compression::kRawDeflate;
   }
   Inflater inf(window_bits(format));
   z_stream& zs = inf.zs;
@@ -105,36 +107,37 @@ std::optional<std::string> inflate_body(std::string_view in, Format format, size
     const int rc = inflate(&zs, Z_NO_FLUSH);
     const size_t produced = sizeof buf - zs.avail_out;
     if (produced > limit - out.size()) {
-      return fail(err, "output exceeds the limit of " + std::to_string(limit) + " bytes");
+      return fail(Inflated::Error::kTooLarge,
+                  "output exceeds the limit of " + std::to_string(limit) + " bytes");
     }
     out.append(buf, produced);
     switch (rc) {
       case Z_OK:
         continue;
       case Z_STREAM_END:
-        if (input.exhausted(zs)) return out;
+        if (input.exhausted(zs)) return {Inflated::Error::kNone, std::move(out), {}};
         // RFC 1952 allows a gzip file to be several members in a row.
-        if (format == Format::kGzip && is_gzip_magic(input.unread(zs))) {
+        if (format == Compression::kGzip && is_gzip_magic(input.unread(zs))) {
           inflateReset(&zs);
           continue;
         }
-        return fail(err, "trailing data after the end of the stream");
+        return corrupt("trailing data after the end of the stream");
       case Z_BUF_ERROR:
         // The output buffer is always fresh, so no progress means the input ran out.
-        if (zs.avail_in != 0) return fail(err, "corrupt input");
-        if (input.exhausted(zs)) return fail(err, "truncated input");
+        if (zs.avail_in != 0) return corrupt("corrupt input");
+        if (input.exhausted(zs)) return corrupt("truncated input");
         continue;
       case Z_NEED_DICT:
-        return fail(err, "a preset dictionary is required");
+        return corrupt("a preset dictionary is required");
       case Z_MEM_ERROR:
         throw std::bad_alloc();
       default:
-        return fail(err, zs.msg ? zs.msg : "corrupt input");
+        return corrupt(zs.msg ? zs.msg : "corrupt input");
     }
   }
 }
 
-std::string deflate_body(std::string_view in, Format format, int level) {
+std::string deflate_body(std::string_view in, Compression format, int level) {
   if (level < -1 || level > 9) throw std::invalid_argument("compression level must be -1..9");
   Deflater def(level, window_bits(format));
   z_stream& zs = def.zs;
@@ -155,4 +158,4 @@ std::string deflate_body(std::string_view in, Format format, int level) {
   }
 }
 
-}  // namespace rs::ruleset
+}  // namespace rs::proto
