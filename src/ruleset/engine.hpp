@@ -24,6 +24,8 @@
 #include "core/cancellable.hpp"
 #include "core/loop.hpp"
 #include "net/resolver.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
 
 struct lua_State;
 
@@ -40,12 +42,12 @@ struct Request {
   std::optional<std::string> username, password;
 };
 
-// Where to send it: `addr` through `chain`.
+// Where to send it: `target` through `chain`, parsed once by the engine.
 struct Decision {
-  std::string addr;
-  // Proxy URIs in dial order, first hop first: the reverse of Lua's
+  proto::Address target;
+  // Hops in dial order, first hop first: the reverse of Lua's
   // `return addr, proxyN, ..., proxy1`.
-  std::vector<std::string> chain;
+  std::vector<proto::ProxyUri> chain;
 };
 
 // Server state that Lua may see, implemented by the server so that the ruleset
@@ -60,12 +62,13 @@ struct Host {
   virtual void push_config(lua_State* L) = 0;
   virtual void push_stats(lua_State* L) = 0;
   // RPC client for await.invoke / neosocksd.invoke: POST `code` to `addr`
-  // through `chain` (dial order), then cb(true, reply body) or cb(false, error).
-  // Destroying the handle cancels (no callback after that). Returns nullptr when
-  // RPC is unavailable. Runs inside Lua: it must not call back into the Engine
+  // through `chain` (dial order; parsed by the engine at the Lua boundary), then
+  // cb(true, reply body) or cb(false, error). Destroying the handle cancels (no
+  // callback after that). Returns nullptr when RPC is unavailable. Runs inside
+  // Lua (no Lua call in its frames): it must not call back into the Engine
   // synchronously.
   virtual std::unique_ptr<Cancellable> invoke(
-      std::string code, std::string addr, std::vector<std::string> chain,
+      std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
 };
 

@@ -95,7 +95,13 @@ int invoke_impl(lua_State* L) {
   const int n = lua_gettop(L);
   for (int i = 3; i <= n; ++i) luaL_checkstring(L, i);
   char err[256];
-  if (!try_cpp(err, [L, n] { Runtime::of(L).invoke_detached(L, 1, n); })) {
+  // Every C++ object lives in the lambda: gone before the error is raised.
+  if (!try_cpp(err, [L, n] {
+        size_t len = 0;
+        const char* code = lua_tolstring(L, 1, &len);
+        Runtime::of(L).invoke_detached(std::string(code, len),
+                                       parse_rpc_target(L, 2, n, "neosocksd.invoke"));
+      })) {
     return luaL_error(L, "%s", err);
   }
   return 0;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <iterator>
 #include <lua.hpp>
 #include <stdexcept>
 
@@ -156,19 +157,13 @@ void Control::push_stats(lua_State* L) {
   if (engine_) set_integer(L, "bytes_allocated", engine_->memory_bytes());
 }
 
-std::unique_ptr<Cancellable> Control::invoke(std::string code, std::string addr,
-                                             std::vector<std::string> chain,
+std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address addr,
+                                             std::vector<proto::ProxyUri> chain,
                                              std::function<void(bool, std::string)> cb) {
-  // The -x chain is the way out of this node, so it comes first.
-  // (Config::proxy was validated at start-up, commas only separate hops.)
-  std::vector<std::string> hops;
-  std::string_view list = server_.config().proxy;
-  while (!list.empty()) {
-    const size_t comma = list.find(',');
-    hops.emplace_back(list.substr(0, comma));
-    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
-  }
-  hops.insert(hops.end(), chain.begin(), chain.end());
+  // The -x chain (parsed at start-up) is the way out of this node, so it comes first.
+  std::vector<proto::ProxyUri> hops = server_.proxy_chain();
+  hops.insert(hops.end(), std::make_move_iterator(chain.begin()),
+              std::make_move_iterator(chain.end()));
   return api::rpc_call(server_.loop(), &server_.resolver(), server_.dial_options(), std::move(code),
                        std::move(addr), std::move(hops), std::move(cb));
 }

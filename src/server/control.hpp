@@ -42,8 +42,8 @@ class Control : public ruleset::Host, public api::ApiBackend {
   // ruleset::Host
   void push_config(lua_State* L) override;
   void push_stats(lua_State* L) override;
-  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
-                                      std::vector<std::string> chain,
+  std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
+                                      std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override;
 
  private:

@@ -74,7 +74,7 @@ struct FakeHost : ruleset::Host {
   void on_open(lua_State* state) override { L = state; }
   void push_config(lua_State* state) override { lua_newtable(state); }
   void push_stats(lua_State* state) override { lua_newtable(state); }
-  std::unique_ptr<Cancellable> invoke(std::string, std::string, std::vector<std::string>,
+  std::unique_ptr<Cancellable> invoke(std::string, proto::Address, std::vector<proto::ProxyUri>,
                                       std::function<void(bool, std::string)> cb) override {
     pending = std::move(cb);
     return std::make_unique<NoopCall>();

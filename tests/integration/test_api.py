@@ -1154,6 +1154,34 @@ class RpcTest(IntegrationCase):
             lua_quote(API_NAME), lua_quote(f"socks5://127.0.0.1:{self.c.port}"))),
             [True, True, b"C"])
 
+    def test_spaced_proxy_list_serves_proxy_and_rpc(self):
+        # -x "hop1, hop2" (a space after the comma) is one chain for proxying and
+        # for RPC alike: D -> B's proxy -> C's proxy -> C's API.
+        origin = self.start_class_origin()
+        spaced = f"socks5://127.0.0.1:{self.b.port}, socks5://127.0.0.1:{self.c.port}"
+        d = start_node(self, "node-d", ruleset_text("D"), "-x", spaced)
+        marks = [len(n.log_text()) for n in (self.b, self.c)]
+        rep, reply = socks5_get(d.port, origin.port)
+        self.assertEqual(rep, 0)
+        self.assertEqual(reply.status, 200)
+        self.assertTrue(wait_until(lambda: f"-> 127.0.0.1:{self.c.port}" in
+                                   self.b.log_text()[marks[0]:], 2), "B carried it to C")
+        self.assertTrue(wait_until(lambda: f"-> 127.0.0.1:{origin.port}" in
+                                   self.c.log_text()[marks[1]:], 2), "C carried it to the origin")
+        script = """
+            local ok, r = await.invoke("return NODE", %s)
+            if not ok then return "failed", r end
+            return r()
+        """
+        self.assertEqual(rpcall(d.api_port, script % lua_quote(API_NAME)), [True, True, b"C"])
+        self.addCleanup(rpcall, self.c.api_port, "_G.spaced = nil")
+        r = api_post(d.api_port, "/ruleset/invoke",
+                     f"neosocksd.invoke('_G.spaced = true', {lua_quote(API_NAME)})")
+        self.assertEqual(r.status, 200, r.text)
+        self.assertTrue(wait_until(
+            lambda: rpcall(self.c.api_port, "return _G.spaced") == [True, True], 5, 0.05),
+            "neosocksd.invoke went through both hops to C")
+
     def test_nested_invocations(self):
         # A asks B to ask C: await.invoke inside a remote routine.
         inner = "return NODE"

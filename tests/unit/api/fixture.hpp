@@ -28,8 +28,8 @@ struct FakeHost : ruleset::Host {
   net::DialOptions dial;
   void push_config(lua_State* L) override { lua_newtable(L); }
   void push_stats(lua_State* L) override { lua_newtable(L); }
-  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
-                                      std::vector<std::string> chain,
+  std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
+                                      std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override {
     return rpc_call(loop, nullptr, dial, std::move(code), std::move(addr), std::move(chain),
                     std::move(cb));
@@ -97,8 +97,11 @@ class ApiFixture : public ::testing::Test {
       net::DialOptions opts;
       opts.timeout = timeout;
       // The options are copied by rpc_call.
-      *handle = rpc_call(loop_.loop(), nullptr, opts, std::move(code), std::move(addr),
-                         std::move(chain), [done](bool ok, std::string body) {
+      // Parsing is the caller's (the ruleset boundary's): the texts here are valid.
+      std::vector<proto::ProxyUri> hops;
+      for (const auto& text : chain) hops.push_back(proto::parse_proxy_uri(text).uri);
+      *handle = rpc_call(loop_.loop(), nullptr, opts, std::move(code), *proto::parse_address(addr),
+                         std::move(hops), [done](bool ok, std::string body) {
                            done->set_value({ok, std::move(body)});
                          });
     });

@@ -26,7 +26,7 @@ class FakeHost : public Host {
   Engine* engine = nullptr;  // RPC target
   int invokes = 0;
   std::string last_addr;
-  std::vector<std::string> last_chain;
+  std::vector<proto::ProxyUri> last_chain;  // dial order
   // test_done(ok, msg) from a Lua test script.
   bool done = false;
   bool done_ok = false;
@@ -51,12 +51,13 @@ class FakeHost : public Host {
   }
 
   // "fail:1" fails; anything else runs the code via engine->rpcall.
-  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
-                                      std::vector<std::string> chain,
+  std::unique_ptr<Cancellable> invoke(std::string code, proto::Address target,
+                                      std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override {
     ++invokes;
+    std::string addr = target.to_string();
     last_addr = addr;
-    last_chain = chain;
+    last_chain = std::move(chain);
     auto call = std::make_unique<Call>();
     auto alive = call->alive;
     Call* raw = call.get();
@@ -91,9 +92,17 @@ class FakeHost : public Host {
   ev::Deferred deferred_;
 };
 
+// A Decision as text, for comparisons: the target's to_string() and each hop's
+// scheme://host:port (credentials masked).
+struct ShownDecision {
+  std::string addr;
+  std::vector<std::string> chain;
+};
+
 struct RouteResult {
   bool called = false;
-  std::optional<Decision> decision;
+  std::optional<Decision> typed;
+  std::optional<ShownDecision> decision;  // `typed`, shown
   std::string error;
 };
 
@@ -145,7 +154,12 @@ class EngineTest : public ::testing::Test {
     Request req{kind, std::move(addr), std::move(user), std::move(pass)};
     return engine_->route(std::move(req), [&r](std::optional<Decision> d, std::string err) {
       r.called = true;
-      r.decision = std::move(d);
+      if (d) {
+        ShownDecision shown{d->target.to_string(), {}};
+        for (const auto& hop : d->chain) shown.chain.push_back(hop.to_string());
+        r.decision = std::move(shown);
+      }
+      r.typed = std::move(d);
       r.error = std::move(err);
     });
   }
