@@ -209,6 +209,7 @@ class Runtime {
   void note_error(std::string_view what, std::string_view msg);
   const std::string& last_error() const { return last_error_; }
   size_t memory_bytes() const { return budget_.used; }
+  size_t memory_objects() const { return budget_.objects; }
   size_t routines_alive();
   size_t pool_size() const { return pool_.size(); }
   size_t gc();

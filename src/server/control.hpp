@@ -40,8 +40,8 @@ class Control : public ruleset::Host, public api::ApiBackend {
   void count_api_request() override;
 
   // ruleset::Host
-  void push_config(lua_State* L) override;
-  void push_stats(lua_State* L) override;
+  ruleset::HostConfig config() override;
+  ruleset::HostStats stats() override;
   std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
                                       std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override;

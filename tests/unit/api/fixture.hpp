@@ -26,8 +26,8 @@ return ruleset
 struct FakeHost : ruleset::Host {
   ev::Loop* loop = nullptr;
   net::DialOptions dial;
-  void push_config(lua_State* L) override { lua_newtable(L); }
-  void push_stats(lua_State* L) override { lua_newtable(L); }
+  ruleset::HostConfig config() override { return {}; }
+  ruleset::HostStats stats() override { return {}; }
   std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
                                       std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override {

@@ -36,18 +36,21 @@ class FakeHost : public Host {
     lua_pushlightuserdata(L, this);
     lua_pushcclosure(L, test_done, 1);
     lua_setglobal(L, "test_done");
+    lua_pushcfunction(L, ballast);
+    lua_setglobal(L, "ballast");
   }
-  void push_config(lua_State* L) override {
-    lua_createtable(L, 0, 2);
-    lua_pushinteger(L, 4);
-    lua_setfield(L, -2, "loglevel");
-    lua_pushliteral(L, "loopback:1");
-    lua_setfield(L, -2, "api");
+  HostConfig config() override {
+    HostConfig c;
+    c.loglevel = 4;
+    c.api = "loopback:1";
+    // Longer than any small-string buffer: a leak if an error skipped its destructor.
+    c.listen = "[2001:db8::1]:1080";
+    return c;
   }
-  void push_stats(lua_State* L) override {
-    lua_createtable(L, 0, 1);
-    lua_pushinteger(L, 42);
-    lua_setfield(L, -2, "num_sessions");
+  HostStats stats() override {
+    HostStats s;
+    s.num_sessions = 42;
+    return s;
   }
 
   // "fail:1" fails; anything else runs the code via engine->rpcall.
@@ -81,6 +84,20 @@ class FakeHost : public Host {
     std::unique_ptr<Cancellable> inner;
     ~Call() override { *alive = false; }
   };
+  // ballast(limit, room): after a full collection, a userdata of the size that
+  // leaves about `room` bytes of the Lua heap below `limit` (one allocation, so
+  // the heap can be placed to the byte; its header makes the exact offset vary).
+  static int ballast(lua_State* L) {
+    const auto limit = static_cast<size_t>(luaL_checkinteger(L, 1));
+    const auto room = static_cast<size_t>(luaL_checkinteger(L, 2));
+    lua_gc(L, LUA_GCCOLLECT);
+    const size_t used = static_cast<size_t>(lua_gc(L, LUA_GCCOUNT)) * 1024 +
+                        static_cast<size_t>(lua_gc(L, LUA_GCCOUNTB));
+    constexpr size_t kHeader = 48;  // about sizeof(Udata0) plus the stack slot
+    const size_t want = used + room + kHeader < limit ? limit - used - room - kHeader : 0;
+    lua_newuserdatauv(L, want, 0);
+    return 1;
+  }
   static int test_done(lua_State* L) {
     auto* self = static_cast<FakeHost*>(lua_touserdata(L, lua_upvalueindex(1)));
     self->done = true;
