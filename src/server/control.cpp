@@ -57,9 +57,10 @@ std::string Control::server_stats(bool incremental) {
   api::add_line(out, "Sessions",
                 fmt::format("{} ({} half-open, peak {})", s.sessions, s.halfopen, s.sessions_peak));
   api::add_line(out, "Accepted", fmt::format("{} ({} refused by limits)", s.accepted, s.refused));
-  api::add_line(out, "Requests",
-                fmt::format("{} ({} success, {} rejected, {} dial failed, {} bad)", s.requests,
-                            s.success, s.rejected, s.dial_failed, s.bad_requests));
+  api::add_line(
+      out, "Requests",
+      fmt::format("{} ({} success, {} rejected, {} dial failed, {} bad, {} timed out)", s.requests,
+                  s.success, s.rejected, s.dial_failed, s.bad_requests, s.timed_out));
   api::add_line(out, "Traffic",
                 fmt::format("up {}, down {}", api::format_bytes(static_cast<double>(s.bytes_up)),
                             api::format_bytes(static_cast<double>(s.bytes_down))));
@@ -85,6 +86,10 @@ std::string Control::server_stats(bool incremental) {
 
 void Control::count_api_request() {
   ++server_.stats().api_requests;
+}
+
+void Control::count_api_success() {
+  ++server_.stats().api_successes;
 }
 
 ruleset::HostConfig Control::config() {
@@ -120,12 +125,15 @@ ruleset::HostStats Control::stats() {
   out.num_request = s.requests;
   out.num_success = s.success;
   out.num_reject_ruleset = s.rejected;
+  out.num_reject_timeout = s.timed_out;
   out.num_reject_upstream = s.dial_failed;
   out.num_reject_bad = s.bad_requests;
   out.byt_up = s.bytes_up;
   out.byt_down = s.bytes_down;
   out.num_api_request = s.api_requests;
+  out.num_api_success = s.api_successes;
   out.num_dns_query = server_.resolver().queries();
+  out.num_dns_success = server_.resolver().successes();
   out.uptime = ev_now(server_.loop()) - server_.start_time();
   return out;
 }

@@ -38,6 +38,7 @@ class Control : public ruleset::Host, public api::ApiBackend {
   ruleset::Engine* engine() override { return engine_.get(); }
   std::string server_stats(bool incremental) override;
   void count_api_request() override;
+  void count_api_success() override;
 
   // ruleset::Host
   ruleset::HostConfig config() override;

@@ -259,7 +259,7 @@ void Session::on_timeout() {
     if (dialer_) dialer_->cancel();
     server_.deferred().dispose(std::move(dialer_));
     server_.deferred().dispose(std::move(routing_));
-    ++server_.stats().dial_failed;
+    ++server_.stats().timed_out;
     reject(net::DialError::kTimeout, "timed out");
     return;
   }

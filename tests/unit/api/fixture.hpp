@@ -39,6 +39,7 @@ struct FakeHost : ruleset::Host {
 struct FakeBackend : ApiBackend {
   ruleset::Engine* eng = nullptr;
   std::atomic<int> requests{0};
+  std::atomic<int> successes{0};
   std::atomic<int> incremental_calls{0};
   ruleset::Engine* engine() override { return eng; }
   std::string server_stats(bool incremental) override {
@@ -49,6 +50,7 @@ struct FakeBackend : ApiBackend {
     return "Fake Server         : stateless\n";
   }
   void count_api_request() override { ++requests; }
+  void count_api_success() override { ++successes; }
 };
 
 class ApiFixture : public ::testing::Test {
