@@ -10,6 +10,7 @@
 #include <lua.hpp>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,9 @@ class FakeHost : public Host {
     lua_pushcfunction(L, ballast);
     lua_setglobal(L, "ballast");
   }
+  bool host_throws = false;  // config() and stats() throw
   HostConfig config() override {
+    if (host_throws) throw std::runtime_error("config is unavailable");
     HostConfig c;
     c.loglevel = 4;
     c.api = "loopback:1";
@@ -48,6 +51,7 @@ class FakeHost : public Host {
     return c;
   }
   HostStats stats() override {
+    if (host_throws) throw std::runtime_error("stats are unavailable");
     HostStats s;
     s.num_sessions = 42;
     return s;

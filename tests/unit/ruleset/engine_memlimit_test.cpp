@@ -103,5 +103,30 @@ TEST_F(EngineTest, EveryHostFunctionSurvivesTheMemoryLimit) {
   RecordProperty("rejected", static_cast<int>(rejected));
 }
 
+TEST_F(EngineTest, HostDataBecomesTablesOrLuaErrors) {
+  make();
+  load(R"(return { resolve = function(addr)
+    if addr == "data:1" then
+      local c, s = neosocksd.config(), neosocksd.stats()
+      assert(c.listen == "[2001:db8::1]:1080" and c.api == "loopback:1" and c.restapi == "loopback:1")
+      assert(c.proxy == nil, "an empty option stays nil")
+      assert(s.num_sessions == 42 and s.num_reject_timeout == 0 and s.num_dns_success == 0)
+      assert(math.type(s.num_object) == "integer" and s.num_object > 100)
+      assert(s.bytes_allocated > 0)
+      return addr
+    end
+    local ok1, e1 = pcall(neosocksd.config)
+    local ok2, e2 = pcall(neosocksd.stats)
+    assert(not ok1 and e1:find("config is unavailable", 1, true), tostring(e1))
+    assert(not ok2 and e2:find("stats are unavailable", 1, true), tostring(e2))
+    return addr
+  end })");
+  auto r = route("data:1");
+  EXPECT_TRUE(r.decision) << r.error;
+  host_.host_throws = true;
+  r = route("throws:1");
+  EXPECT_TRUE(r.decision) << r.error;
+}
+
 }  // namespace
 }  // namespace rs::ruleset::testing
