@@ -22,6 +22,8 @@ struct ApiBackend {
   virtual std::string server_stats(bool incremental) = 0;
   // Called once for every request head received, answered or not.
   virtual void count_api_request() = 0;
+  // Called once for every response with a 2xx status (neosocksd's num_api_success).
+  virtual void count_api_success() = 0;
 };
 
 }  // namespace rs::api

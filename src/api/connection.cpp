@@ -386,6 +386,7 @@ void ApiConnection::respond(ApiResponse r, bool close) {
   }
   log::debug("api {}: {} {} -> {}", peer_.to_string(), have_head_ ? head_.method : "-",
              have_head_ ? head_.target : "-", r.status);
+  if (r.status >= 200 && r.status < 300) endpoints_.count_success();
   out_ += proto::http_response(r.status, {}, h, body);
   phase_ = Phase::kWrite;
   timer_.start(limits_.timeout);

@@ -63,6 +63,8 @@ class Endpoints {
   static bool requires_body(std::string_view path);
   // Counts a request head received (answered or not).
   void count_request() { backend_.count_api_request(); }
+  // Counts a response with a 2xx status.
+  void count_success() { backend_.count_api_success(); }
 
  private:
   ApiResponse stats(const ApiRequest& req, bool incremental);

@@ -47,7 +47,7 @@ class RpcCall {
   RpcCall(const RpcCall&) = delete;
   RpcCall& operator=(const RpcCall&) = delete;
 
-  void start(std::string code, std::string addr, std::vector<std::string> chain_uris);
+  void start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain);
   // The handle is gone: no callback from now on.
   void release() {
     released_ = true;
@@ -107,24 +107,10 @@ class Handle final : public Cancellable {
   RpcCall* call_;
 };
 
-void RpcCall::start(std::string code, std::string addr, std::vector<std::string> chain_uris) {
-  addr_ = std::move(addr);
+void RpcCall::start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain) {
+  addr_ = target.to_string();
   timer_.start(opts_.timeout);
-  auto target = proto::parse_address(addr_);
-  if (!target) {
-    finish(false, fmt::format("rpc: invalid address \"{}\"", addr_));
-    return;
-  }
-  std::vector<proto::ProxyUri> chain;
-  for (const auto& text : chain_uris) {
-    auto parsed = proto::parse_proxy_uri(text);
-    if (!parsed.ok()) {
-      finish(false, fmt::format("rpc: invalid proxy \"{}\": {}", text, parsed.error));
-      return;
-    }
-    chain.push_back(std::move(parsed.uri));
-  }
-  const proto::Address first = chain.empty() ? *target : chain.front().address();
+  const proto::Address first = chain.empty() ? target : chain.front().address();
   if (resolver_ == nullptr && first.is_domain()) {
     finish(false, fmt::format("rpc: cannot resolve {}: no resolver", first.host_string()));
     return;
@@ -152,7 +138,7 @@ void RpcCall::start(std::string code, std::string addr, std::vector<std::string>
   out_ += body;
 
   dialer_ = std::make_unique<net::Dialer>(loop_, resolver_, opts_);
-  dialer_->start(std::move(*target), std::move(chain), nullptr,
+  dialer_->start(std::move(target), std::move(chain), nullptr,
                  [this](UniqueFd fd, net::DialError err, const std::string& msg) {
                    in_dial_callback_ = true;
                    on_dialed(std::move(fd), err, msg);
@@ -351,11 +337,11 @@ void RpcCall::deliver(int, void* arg) {
 
 std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
                                       const net::DialOptions& opts, std::string code,
-                                      std::string addr, std::vector<std::string> chain_uris,
+                                      proto::Address addr, std::vector<proto::ProxyUri> chain,
                                       RpcCallback cb) {
   auto* call = new RpcCall(loop, resolver, opts, std::move(cb));
   auto handle = std::make_unique<Handle>(call);
-  call->start(std::move(code), std::move(addr), std::move(chain_uris));
+  call->start(std::move(code), std::move(addr), std::move(chain));
   return handle;
 }
 

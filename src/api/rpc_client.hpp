@@ -12,6 +12,8 @@
 #include "core/loop.hpp"
 #include "net/dialer.hpp"
 #include "net/resolver.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
 
 namespace rs::api {
 
@@ -22,8 +24,7 @@ using RpcCallback = std::function<void(bool ok, std::string body_or_error)>;
 // Requests with a body larger than this are sent deflated.
 inline constexpr size_t kRpcCompressMin = 256;
 
-// Dials `addr` ("host:port") through `chain_uris` (proxy URIs, first hop
-// first), sends
+// Dials `addr` through `chain` (first hop first), sends
 //   POST /ruleset/rpcall HTTP/1.1
 //   Host: <addr>
 //   Content-Type: application/x-neosocksd-rpc; version=1
@@ -40,7 +41,7 @@ inline constexpr size_t kRpcCompressMin = 256;
 // are numeric; `opts` is copied.
 std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
                                       const net::DialOptions& opts, std::string code,
-                                      std::string addr, std::vector<std::string> chain_uris,
+                                      proto::Address addr, std::vector<proto::ProxyUri> chain,
                                       RpcCallback cb);
 
 }  // namespace rs::api

@@ -124,6 +124,7 @@ std::unique_ptr<Resolver::Query> Resolver::resolve(std::string host, uint16_t po
   std::unique_ptr<Query> query(new Query(req));
   if (auto addr = numeric(req->host, port)) {
     req->addrs.push_back(*addr);
+    ++successes_;
     finish_later(std::move(req));
     return query;
   }
@@ -155,7 +156,11 @@ void Resolver::on_addrinfo(void* arg, int status, int /*timeouts*/, ares_addrinf
       }
     }
     apply_family(req->addrs, req->resolver->family_);
-    if (req->addrs.empty()) req->error = fmt::format("{}: no usable address", req->host);
+    if (req->addrs.empty()) {
+      req->error = fmt::format("{}: no usable address", req->host);
+    } else {
+      ++req->resolver->successes_;
+    }
   } else {
     req->error = fmt::format("{}: {}", req->host,
                              status == ARES_ETIMEOUT ? "timeout" : ares_strerror(status));

@@ -57,8 +57,9 @@ class Resolver {
   // `port`. Dropping the returned handle cancels the callback.
   [[nodiscard]] std::unique_ptr<Query> resolve(std::string host, uint16_t port, Callback cb);
 
-  // Number of resolve() calls so far (for /stats).
+  // Number of resolve() calls so far, and of those that found an address (for /stats).
   uint64_t queries() const { return queries_; }
+  uint64_t successes() const { return successes_; }
 
  private:
   struct Request;
@@ -75,6 +76,7 @@ class Resolver {
   Family family_;
   ares_channeldata* channel_ = nullptr;
   uint64_t queries_ = 0;
+  uint64_t successes_ = 0;
   std::map<int, std::unique_ptr<ev::Io>> ios_;  // c-ares sockets by fd
   ev::Timer timeout_timer_;
   // Work that must not happen on the current stack: finished requests whose

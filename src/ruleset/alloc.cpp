@@ -9,6 +9,7 @@ void* MemoryBudget::alloc(void* ud, void* ptr, size_t osize, size_t nsize) noexc
   // For a new block Lua passes the object type in osize, not a size.
   const size_t old = ptr != nullptr ? osize : 0;
   if (nsize == 0) {
+    if (ptr != nullptr) --b->objects;
     std::free(ptr);
     b->used -= old;
     return nullptr;
@@ -19,7 +20,10 @@ void* MemoryBudget::alloc(void* ud, void* ptr, size_t osize, size_t nsize) noexc
     return nullptr;
   }
   void* p = std::realloc(ptr, nsize);
-  if (p != nullptr) b->used = b->used - old + nsize;
+  if (p != nullptr) {
+    b->used = b->used - old + nsize;
+    if (ptr == nullptr) ++b->objects;
+  }
   return p;
 }
 

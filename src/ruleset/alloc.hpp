@@ -11,7 +11,8 @@ namespace rs::ruleset::detail {
 // errors, closing the VM) never fail for lack of budget.
 struct MemoryBudget {
   size_t used = 0;
-  size_t limit = 0;  // 0: unlimited
+  size_t objects = 0;  // live blocks (neosocksd's num_object)
+  size_t limit = 0;    // 0: unlimited
   bool enforce = false;
   size_t refused = 0;  // allocations refused so far
 

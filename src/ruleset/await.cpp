@@ -330,13 +330,22 @@ class InvokeOp : public Op {
   static constexpr const char* kName = "rs.await.invoke";
   explicit InvokeOp(Runtime& rt) : Op(rt) {}
 
-  // code, addr, proxyN, ..., proxy1 are strings at L[first..last].
+  // code, addr, proxyN, ..., proxy1 are strings at L[first..last]. C++ only.
   void start(lua_State* L, int first, int last) {
     Host* host = rt_.host();
     if (host == nullptr) throw std::runtime_error("await.invoke: RPC is not available");
-    std::vector<std::string> chain;
-    for (int i = last; i >= first + 2; --i) chain.emplace_back(lua_tostring(L, i));
-    call_ = host->invoke(lua_tostring(L, first), lua_tostring(L, first + 1), std::move(chain),
+    RpcTarget target;
+    try {
+      target = parse_rpc_target(L, first + 1, last, "await.invoke");
+    } catch (const std::invalid_argument& e) {
+      // Like any other failure to reach the peer: ok is false, nothing raises.
+      body_ = e.what();
+      complete();
+      return;
+    }
+    size_t len = 0;
+    const char* code = lua_tolstring(L, first, &len);
+    call_ = host->invoke(std::string(code, len), std::move(target.addr), std::move(target.chain),
                          [this](bool ok, std::string body) {
                            ok_ = ok;
                            body_ = std::move(body);

@@ -119,19 +119,21 @@ std::optional<Decision> decide(Outcome out, std::string* why) {
       return std::nullopt;
     }
   }
-  if (!proto::parse_address(v[0].str)) {
+  auto target = proto::parse_address(v[0].str);
+  if (!target) {
     *why = fmt::format("bad ruleset result: invalid address \"{}\"", v[0].str);
     return std::nullopt;
   }
   Decision d;
-  d.addr = std::move(v[0].str);
+  d.target = std::move(*target);
+  d.chain.reserve(v.size() - 1);
   for (size_t i = v.size() - 1; i >= 1; --i) {
     auto uri = proto::parse_proxy_uri(v[i].str);
     if (!uri.ok()) {
       *why = fmt::format("bad ruleset result: proxy \"{}\": {}", v[i].str, uri.error);
       return std::nullopt;
     }
-    d.chain.push_back(std::move(v[i].str));
+    d.chain.push_back(std::move(uri.uri));
   }
   return d;
 }

@@ -24,6 +24,8 @@
 #include "core/cancellable.hpp"
 #include "core/loop.hpp"
 #include "net/resolver.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
 
 struct lua_State;
 
@@ -40,32 +42,62 @@ struct Request {
   std::optional<std::string> username, password;
 };
 
-// Where to send it: `addr` through `chain`.
+// Where to send it: `target` through `chain`, parsed once by the engine.
 struct Decision {
-  std::string addr;
-  // Proxy URIs in dial order, first hop first: the reverse of Lua's
+  proto::Address target;
+  // Hops in dial order, first hop first: the reverse of Lua's
   // `return addr, proxyN, ..., proxy1`.
-  std::vector<std::string> chain;
+  std::vector<proto::ProxyUri> chain;
+};
+
+// neosocksd.config(): the server's options as plain data. An empty string
+// stays nil in the table, as in neosocksd (an empty string would be true).
+struct HostConfig {
+  int loglevel = 0;
+  double timeout = 0;
+  bool auth_required = false, traceback = false, bidir_timeout = false, pipe = false,
+       reuseport = false;
+  uint64_t max_sessions = 0;
+  uint64_t memlimit_mib = 0;
+  std::string listen, http;  // the first -l / --http
+  std::string api;           // --api, also shown as neosocksd's "restapi"
+  std::string proxy, forward, ruleset, version;
+};
+
+// neosocksd.stats(): the server's counters as plain data (the engine adds its
+// own: bytes_allocated, num_object, lasterror). Names are the table's keys.
+struct HostStats {
+  uint64_t num_halfopen = 0, num_sessions = 0, num_sessions_peak = 0;
+  uint64_t num_accept = 0, num_serve = 0;
+  uint64_t num_request = 0, num_success = 0;  // proxy requests only, never API ones
+  uint64_t num_reject_ruleset = 0, num_reject_timeout = 0, num_reject_upstream = 0,
+           num_reject_bad = 0;
+  uint64_t byt_up = 0, byt_down = 0;
+  uint64_t num_api_request = 0, num_api_success = 0;
+  uint64_t num_dns_query = 0, num_dns_success = 0;
+  double uptime = 0;
 };
 
 // Server state that Lua may see, implemented by the server so that the ruleset
 // module does not depend on it. Every method runs on the loop thread.
 struct Host {
   virtual ~Host() = default;
-  // Called once when the VM opens, after the libraries: may add globals.
+  // Called once when the VM opens, after the libraries: may add globals (tests
+  // do). Runs inside a protected call; exceptions are caught.
   virtual void on_open(lua_State* /*L*/) {}
-  // Push exactly one table for neosocksd.config() / neosocksd.stats(). They run
-  // inside a lua_CFunction: they may raise Lua errors only while no C++ object
-  // with a destructor is alive in their frames; exceptions are caught.
-  virtual void push_config(lua_State* L) = 0;
-  virtual void push_stats(lua_State* L) = 0;
+  // The rest run inside Lua but in no frame that Lua may unwind: they may throw
+  // (the engine turns that into a Lua error once their objects are gone) and
+  // never touch the lua_State.
+  virtual HostConfig config() = 0;
+  virtual HostStats stats() = 0;
   // RPC client for await.invoke / neosocksd.invoke: POST `code` to `addr`
-  // through `chain` (dial order), then cb(true, reply body) or cb(false, error).
-  // Destroying the handle cancels (no callback after that). Returns nullptr when
-  // RPC is unavailable. Runs inside Lua: it must not call back into the Engine
+  // through `chain` (dial order; parsed by the engine at the Lua boundary), then
+  // cb(true, reply body) or cb(false, error). Destroying the handle cancels (no
+  // callback after that). Returns nullptr when RPC is unavailable. Runs inside
+  // Lua (no Lua call in its frames): it must not call back into the Engine
   // synchronously.
   virtual std::unique_ptr<Cancellable> invoke(
-      std::string code, std::string addr, std::vector<std::string> chain,
+      std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
 };
 

@@ -16,35 +16,118 @@ namespace rs::ruleset::detail {
 
 namespace {
 
-// Pushes one table from the host, or an empty one.
-template <void (Host::*Push)(lua_State*)>
-int push_host_table(lua_State* L) {
-  lua_settop(L, 0);
-  if (Host* host = Runtime::of(L).host()) (host->*Push)(L);
-  if (lua_gettop(L) != 1 || !lua_istable(L, 1)) {
-    lua_settop(L, 0);
-    lua_newtable(L);
+// Table builders: Lua calls on plain data only, run under lua_pcall (a refused
+// allocation unwinds no C++ frame). Argument 1: the host's data, or nil.
+void set_string(lua_State* L, const char* key, const std::string& value) {
+  if (value.empty()) return;  // unset stays nil, as in neosocksd
+  lua_pushlstring(L, value.data(), value.size());
+  lua_setfield(L, -2, key);
+}
+void set_integer(lua_State* L, const char* key, uint64_t value) {
+  lua_pushinteger(L, static_cast<lua_Integer>(value));
+  lua_setfield(L, -2, key);
+}
+void set_number(lua_State* L, const char* key, double value) {
+  lua_pushnumber(L, value);
+  lua_setfield(L, -2, key);
+}
+void set_boolean(lua_State* L, const char* key, bool value) {
+  lua_pushboolean(L, value);
+  lua_setfield(L, -2, key);
+}
+
+int config_table(lua_State* L) {
+  const auto* c = static_cast<const HostConfig*>(lua_touserdata(L, 1));
+  lua_createtable(L, 0, 18);
+  if (c == nullptr) return 1;
+  set_integer(L, "loglevel", static_cast<uint64_t>(c->loglevel));
+  set_number(L, "timeout", c->timeout);
+  set_boolean(L, "auth_required", c->auth_required);
+  set_boolean(L, "traceback", c->traceback);
+  set_boolean(L, "bidir_timeout", c->bidir_timeout);
+  set_boolean(L, "pipe", c->pipe);
+  set_boolean(L, "reuseport", c->reuseport);
+  set_integer(L, "max_sessions", c->max_sessions);
+  set_integer(L, "memlimit", c->memlimit_mib);
+  set_string(L, "listen", c->listen);
+  set_string(L, "http", c->http);
+  // neosocksd's name for --api is "restapi"; the scripts in lua/ read "api".
+  set_string(L, "restapi", c->api);
+  set_string(L, "api", c->api);
+  set_string(L, "proxy", c->proxy);
+  set_string(L, "forward", c->forward);
+  set_string(L, "ruleset", c->ruleset);
+  set_string(L, "version", c->version);
+  return 1;
+}
+
+// The host's counters plus the VM's own.
+int stats_table(lua_State* L) {
+  const auto* s = static_cast<const HostStats*>(lua_touserdata(L, 1));
+  Runtime& rt = Runtime::of(L);
+  lua_createtable(L, 0, 24);
+  if (s != nullptr) {
+    set_integer(L, "num_halfopen", s->num_halfopen);
+    set_integer(L, "num_sessions", s->num_sessions);
+    set_integer(L, "num_sessions_peak", s->num_sessions_peak);
+    set_integer(L, "num_accept", s->num_accept);
+    set_integer(L, "num_serve", s->num_serve);
+    set_integer(L, "num_request", s->num_request);
+    set_integer(L, "num_success", s->num_success);
+    set_integer(L, "num_reject_ruleset", s->num_reject_ruleset);
+    set_integer(L, "num_reject_timeout", s->num_reject_timeout);
+    set_integer(L, "num_reject_upstream", s->num_reject_upstream);
+    set_integer(L, "num_reject_bad", s->num_reject_bad);
+    set_integer(L, "byt_up", s->byt_up);
+    set_integer(L, "byt_down", s->byt_down);
+    set_integer(L, "num_api_request", s->num_api_request);
+    set_integer(L, "num_api_success", s->num_api_success);
+    set_integer(L, "num_dns_query", s->num_dns_query);
+    set_integer(L, "num_dns_success", s->num_dns_success);
+    set_number(L, "uptime", s->uptime);
   }
+  set_integer(L, "bytes_allocated", rt.memory_bytes());
+  set_integer(L, "num_object", rt.memory_objects());
+  set_string(L, "lasterror", rt.last_error());
+  return 1;
+}
+
+// Gets the host's data (C++, may throw), builds the table from it in a
+// protected call, and raises what went wrong only after the data is gone.
+template <class T, T (Host::*Get)(), lua_CFunction Build>
+int host_table(lua_State* L) {
+  lua_settop(L, 0);
+  Host* host = Runtime::of(L).host();
+  char err[256];
+  bool got = true;
+  int status = LUA_OK;
+  {
+    T data{};
+    if (host != nullptr) got = try_cpp(err, [&] { data = (host->*Get)(); });
+    if (got) {
+      // Neither push allocates; a C function has LUA_MINSTACK free slots.
+      lua_pushcfunction(L, Build);
+      if (host != nullptr) {
+        lua_pushlightuserdata(L, &data);
+      } else {
+        lua_pushnil(L);
+      }
+      status = lua_pcall(L, 1, 1, 0);
+    }
+  }
+  if (!got) return luaL_error(L, "%s", err);
+  if (status != LUA_OK) return lua_error(L);
   return 1;
 }
 
 // neosocksd.config()
 int config_impl(lua_State* L) {
-  return push_host_table<&Host::push_config>(L);
+  return host_table<HostConfig, &Host::config, config_table>(L);
 }
 
-// neosocksd.stats(): the host's counters plus the VM's own.
+// neosocksd.stats()
 int stats_impl(lua_State* L) {
-  push_host_table<&Host::push_stats>(L);
-  Runtime& rt = Runtime::of(L);
-  lua_pushinteger(L, static_cast<lua_Integer>(rt.memory_bytes()));
-  lua_setfield(L, 1, "bytes_allocated");
-  const std::string& err = rt.last_error();
-  if (!err.empty()) {
-    lua_pushlstring(L, err.data(), err.size());
-    lua_setfield(L, 1, "lasterror");
-  }
-  return 1;
+  return host_table<HostStats, &Host::stats, stats_table>(L);
 }
 
 // neosocksd.splithostport(s) -> host, port; raises on failure.
@@ -95,7 +178,13 @@ int invoke_impl(lua_State* L) {
   const int n = lua_gettop(L);
   for (int i = 3; i <= n; ++i) luaL_checkstring(L, i);
   char err[256];
-  if (!try_cpp(err, [L, n] { Runtime::of(L).invoke_detached(L, 1, n); })) {
+  // Every C++ object lives in the lambda: gone before the error is raised.
+  if (!try_cpp(err, [L, n] {
+        size_t len = 0;
+        const char* code = lua_tolstring(L, 1, &len);
+        Runtime::of(L).invoke_detached(std::string(code, len),
+                                       parse_rpc_target(L, 2, n, "neosocksd.invoke"));
+      })) {
     return luaL_error(L, "%s", err);
   }
   return 0;

@@ -217,6 +217,11 @@ void Runtime::mark_active(lua_State* co, bool active) {
   // Also used on dead threads, whose stack may have no free slot. Failing
   // (out of memory) only makes routines_alive() less exact.
   if (!lua_checkstack(co, 4)) return;
+  // `co` is not the running thread (neosocksd.async marks a new routine from
+  // inside another): an error raised on it would have no handler and reach the
+  // panic function. Growing the table is host bookkeeping, so the ruleset's
+  // --memlimit does not apply to it.
+  relax(+1);
   lua_rawgetp(co, LUA_REGISTRYINDEX, &kActiveKey);
   lua_pushthread(co);
   if (active) {
@@ -226,6 +231,7 @@ void Runtime::mark_active(lua_State* co, bool active) {
   }
   lua_rawset(co, -3);
   lua_pop(co, 1);
+  relax(-1);
 }
 
 void Runtime::routine_end(lua_State* co, int err_index) {

@@ -274,25 +274,34 @@ void Runtime::tick() {
   lua_settop(L_, top);
 }
 
-void Runtime::invoke_detached(lua_State* L, int first, int last) {
-  if (host_ == nullptr) throw std::runtime_error("neosocksd.invoke: RPC is not available");
-  std::string code = lua_tostring(L, first);
-  std::string addr = lua_tostring(L, first + 1);
-  std::vector<std::string> chain;
-  for (int i = last; i >= first + 2; --i) chain.emplace_back(lua_tostring(L, i));
+RpcTarget parse_rpc_target(lua_State* L, int first, int last, const char* who) {
+  auto text = [L](int i) {
+    size_t len = 0;
+    const char* s = lua_tolstring(L, i, &len);  // a string already: never raises
+    return std::string_view(s, len);
+  };
+  RpcTarget t;
+  auto addr = proto::parse_address(text(first));
   // As in neosocksd, a target that can never be dialled is the caller's error,
   // not an invocation lost later.
-  if (!proto::parse_address(addr)) {
-    throw std::runtime_error(fmt::format("neosocksd.invoke: invalid address \"{}\"", addr));
-  }
-  for (const auto& uri : chain) {
-    if (auto parsed = proto::parse_proxy_uri(uri); !parsed.ok()) {
-      throw std::runtime_error(
-          fmt::format("neosocksd.invoke: invalid proxy \"{}\": {}", uri, parsed.error));
+  if (!addr)
+    throw std::invalid_argument(fmt::format("{}: invalid address \"{}\"", who, text(first)));
+  t.addr = std::move(*addr);
+  for (int i = last; i > first; --i) {
+    auto uri = proto::parse_proxy_uri(text(i));
+    if (!uri.ok()) {
+      throw std::invalid_argument(
+          fmt::format("{}: invalid proxy \"{}\": {}", who, text(i), uri.error));
     }
+    t.chain.push_back(std::move(uri.uri));
   }
+  return t;
+}
+
+void Runtime::invoke_detached(std::string code, RpcTarget target) {
+  if (host_ == nullptr) throw std::runtime_error("neosocksd.invoke: RPC is not available");
   const uint64_t id = next_id();
-  auto handle = host_->invoke(std::move(code), std::move(addr), std::move(chain),
+  auto handle = host_->invoke(std::move(code), std::move(target.addr), std::move(target.chain),
                               [this, id](bool ok, std::string err) {
                                 if (!ok) log::warning("ruleset: neosocksd.invoke: {}", err);
                                 // Not from inside the handle's own callback.

@@ -68,10 +68,21 @@
 
 #include "core/cancellable.hpp"
 #include "core/loop.hpp"
+#include "proto/address.hpp"
+#include "proto/proxy_uri.hpp"
 #include "ruleset/alloc.hpp"
 #include "ruleset/engine.hpp"
 
 namespace rs::ruleset::detail {
+
+// Where an await.invoke / neosocksd.invoke call goes, parsed at the Lua boundary.
+struct RpcTarget {
+  proto::Address addr;
+  std::vector<proto::ProxyUri> chain;  // dial order
+};
+// Parses (addr, proxyN, ..., proxy1), strings at L[first..last]. C++ only (no Lua
+// errors): throws std::invalid_argument naming the bad value, prefixed by `who`.
+RpcTarget parse_rpc_target(lua_State* L, int first, int last, const char* who);
 
 // A value handed back by a routine, copied out of Lua.
 struct Value {
@@ -186,9 +197,8 @@ class Runtime {
   // ---- neosocksd.* support.
   void set_interval(double seconds);  // 0 stops
   // Fire-and-forget RPC (neosocksd.invoke): keeps the handle until it finishes.
-  // Reads code, addr and proxies from L's stack (all strings). Throws when RPC is
-  // unavailable or the address or a proxy URI is invalid.
-  void invoke_detached(lua_State* L, int first, int last);
+  // Throws when RPC is unavailable. C++ only.
+  void invoke_detached(std::string code, RpcTarget target);
   void post(std::function<void()> fn) { deferred_.post(std::move(fn)); }
   // Puts dir/?.lua and dir/?/init.lua in front of package.path (host level).
   void add_package_path(const std::string& dir);
@@ -199,6 +209,7 @@ class Runtime {
   void note_error(std::string_view what, std::string_view msg);
   const std::string& last_error() const { return last_error_; }
   size_t memory_bytes() const { return budget_.used; }
+  size_t memory_objects() const { return budget_.objects; }
   size_t routines_alive();
   size_t pool_size() const { return pool_.size(); }
   size_t gc();

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include <lua.hpp>
+#include <iterator>
 #include <stdexcept>
 
 #include "api/endpoints.hpp"
@@ -12,31 +12,6 @@
 #include "version.hpp"
 
 namespace rs::server {
-namespace {
-
-// The push_* helpers run inside a lua_CFunction: only Lua calls and plain
-// values here, nothing with a destructor.
-// An unset option stays nil, as in neosocksd (an empty string would be true).
-void set_string(lua_State* L, const char* key, const std::string& value) {
-  if (value.empty()) return;
-  lua_pushlstring(L, value.data(), value.size());
-  lua_setfield(L, -2, key);
-}
-void set_integer(lua_State* L, const char* key, uint64_t value) {
-  lua_pushinteger(L, static_cast<lua_Integer>(value));
-  lua_setfield(L, -2, key);
-}
-void set_number(lua_State* L, const char* key, double value) {
-  lua_pushnumber(L, value);
-  lua_setfield(L, -2, key);
-}
-void set_boolean(lua_State* L, const char* key, bool value) {
-  lua_pushboolean(L, value);
-  lua_setfield(L, -2, key);
-}
-
-}  // namespace
-
 Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen) : server_(server) {
   const Config& cfg = server.config();
   last_.time = server.start_time();
@@ -82,9 +57,10 @@ std::string Control::server_stats(bool incremental) {
   api::add_line(out, "Sessions",
                 fmt::format("{} ({} half-open, peak {})", s.sessions, s.halfopen, s.sessions_peak));
   api::add_line(out, "Accepted", fmt::format("{} ({} refused by limits)", s.accepted, s.refused));
-  api::add_line(out, "Requests",
-                fmt::format("{} ({} success, {} rejected, {} dial failed, {} bad)", s.requests,
-                            s.success, s.rejected, s.dial_failed, s.bad_requests));
+  api::add_line(
+      out, "Requests",
+      fmt::format("{} ({} success, {} rejected, {} dial failed, {} bad, {} timed out)", s.requests,
+                  s.success, s.rejected, s.dial_failed, s.bad_requests, s.timed_out));
   api::add_line(out, "Traffic",
                 fmt::format("up {}, down {}", api::format_bytes(static_cast<double>(s.bytes_up)),
                             api::format_bytes(static_cast<double>(s.bytes_down))));
@@ -112,63 +88,63 @@ void Control::count_api_request() {
   ++server_.stats().api_requests;
 }
 
-void Control::push_config(lua_State* L) {
+void Control::count_api_success() {
+  ++server_.stats().api_successes;
+}
+
+ruleset::HostConfig Control::config() {
   const Config& c = server_.config();
-  lua_createtable(L, 0, 16);
-  set_integer(L, "loglevel", static_cast<uint64_t>(c.loglevel));
-  set_number(L, "timeout", c.timeout);
-  set_boolean(L, "auth_required", c.auth_required);
-  set_boolean(L, "traceback", c.traceback);
-  set_boolean(L, "bidir_timeout", c.bidir_timeout);
-  set_boolean(L, "pipe", c.pipe);
-  set_boolean(L, "reuseport", c.reuseport);
-  set_integer(L, "max_sessions", c.max_sessions);
-  set_integer(L, "memlimit", c.memlimit_mib);
-  set_string(L, "listen", c.listen.empty() ? std::string() : c.listen.front());
-  set_string(L, "http", c.http_listen.empty() ? std::string() : c.http_listen.front());
-  // neosocksd's name for --api is "restapi"; the scripts in lua/ read "api".
-  set_string(L, "restapi", c.api);
-  set_string(L, "api", c.api);
-  set_string(L, "proxy", c.proxy);
-  set_string(L, "forward", c.forward);
-  set_string(L, "ruleset", c.ruleset);
-  set_string(L, "version", RULESOCKS_VERSION);
+  ruleset::HostConfig out;
+  out.loglevel = c.loglevel;
+  out.timeout = c.timeout;
+  out.auth_required = c.auth_required;
+  out.traceback = c.traceback;
+  out.bidir_timeout = c.bidir_timeout;
+  out.pipe = c.pipe;
+  out.reuseport = c.reuseport;
+  out.max_sessions = c.max_sessions;
+  out.memlimit_mib = c.memlimit_mib;
+  if (!c.listen.empty()) out.listen = c.listen.front();
+  if (!c.http_listen.empty()) out.http = c.http_listen.front();
+  out.api = c.api;
+  out.proxy = c.proxy;
+  out.forward = c.forward;
+  out.ruleset = c.ruleset;
+  out.version = RULESOCKS_VERSION;
+  return out;
 }
 
-void Control::push_stats(lua_State* L) {
+ruleset::HostStats Control::stats() {
   const Stats& s = server_.stats();
-  lua_createtable(L, 0, 16);
-  set_integer(L, "num_halfopen", s.halfopen);
-  set_integer(L, "num_sessions", s.sessions);
-  set_integer(L, "num_sessions_peak", s.sessions_peak);
-  set_integer(L, "num_accept", s.accepted);
-  set_integer(L, "num_serve", s.accepted - s.refused);
-  set_integer(L, "num_request", s.requests);
-  set_integer(L, "num_success", s.success);
-  set_integer(L, "num_reject_ruleset", s.rejected);
-  set_integer(L, "num_reject_upstream", s.dial_failed);
-  set_integer(L, "num_reject_bad", s.bad_requests);
-  set_integer(L, "byt_up", s.bytes_up);
-  set_integer(L, "byt_down", s.bytes_down);
-  set_integer(L, "num_api_request", s.api_requests);
-  set_integer(L, "num_dns_query", server_.resolver().queries());
-  set_number(L, "uptime", ev_now(server_.loop()) - server_.start_time());
-  if (engine_) set_integer(L, "bytes_allocated", engine_->memory_bytes());
+  ruleset::HostStats out;
+  out.num_halfopen = s.halfopen;
+  out.num_sessions = s.sessions;
+  out.num_sessions_peak = s.sessions_peak;
+  out.num_accept = s.accepted;
+  out.num_serve = s.accepted - s.refused;
+  out.num_request = s.requests;
+  out.num_success = s.success;
+  out.num_reject_ruleset = s.rejected;
+  out.num_reject_timeout = s.timed_out;
+  out.num_reject_upstream = s.dial_failed;
+  out.num_reject_bad = s.bad_requests;
+  out.byt_up = s.bytes_up;
+  out.byt_down = s.bytes_down;
+  out.num_api_request = s.api_requests;
+  out.num_api_success = s.api_successes;
+  out.num_dns_query = server_.resolver().queries();
+  out.num_dns_success = server_.resolver().successes();
+  out.uptime = ev_now(server_.loop()) - server_.start_time();
+  return out;
 }
 
-std::unique_ptr<Cancellable> Control::invoke(std::string code, std::string addr,
-                                             std::vector<std::string> chain,
+std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address addr,
+                                             std::vector<proto::ProxyUri> chain,
                                              std::function<void(bool, std::string)> cb) {
-  // The -x chain is the way out of this node, so it comes first.
-  // (Config::proxy was validated at start-up, commas only separate hops.)
-  std::vector<std::string> hops;
-  std::string_view list = server_.config().proxy;
-  while (!list.empty()) {
-    const size_t comma = list.find(',');
-    hops.emplace_back(list.substr(0, comma));
-    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
-  }
-  hops.insert(hops.end(), chain.begin(), chain.end());
+  // The -x chain (parsed at start-up) is the way out of this node, so it comes first.
+  std::vector<proto::ProxyUri> hops = server_.proxy_chain();
+  hops.insert(hops.end(), std::make_move_iterator(chain.begin()),
+              std::make_move_iterator(chain.end()));
   return api::rpc_call(server_.loop(), &server_.resolver(), server_.dial_options(), std::move(code),
                        std::move(addr), std::move(hops), std::move(cb));
 }

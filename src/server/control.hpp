@@ -38,12 +38,13 @@ class Control : public ruleset::Host, public api::ApiBackend {
   ruleset::Engine* engine() override { return engine_.get(); }
   std::string server_stats(bool incremental) override;
   void count_api_request() override;
+  void count_api_success() override;
 
   // ruleset::Host
-  void push_config(lua_State* L) override;
-  void push_stats(lua_State* L) override;
-  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
-                                      std::vector<std::string> chain,
+  ruleset::HostConfig config() override;
+  ruleset::HostStats stats() override;
+  std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
+                                      std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override;
 
  private:

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 
 #include "core/log.hpp"
 #include "ruleset/engine.hpp"
@@ -171,20 +172,15 @@ void Session::on_routed(std::optional<ruleset::Decision> d, const std::string& w
     reject(net::DialError::kNotAllowed, why);
     return;
   }
-  // The engine has validated the address and every URI. The -x chain is this
-  // node's way out, so the ruleset's hops follow it.
-  auto target = proto::parse_address(d->addr);
+  // The -x chain is this node's way out, so the ruleset's hops follow it.
   std::vector<proto::ProxyUri> chain = server_.proxy_chain();
-  for (const auto& uri : d->chain) chain.push_back(proto::parse_proxy_uri(uri).uri);
-  if (!target) {
-    reject(net::DialError::kGeneral, "bad ruleset result: " + d->addr);
-    return;
-  }
+  chain.insert(chain.end(), std::make_move_iterator(d->chain.begin()),
+               std::make_move_iterator(d->chain.end()));
   // Only a target the ruleset rewrote may reach the API (neosocksd's
   // api.neosocksd.internal convention); one it passed through may not.
-  const bool rewritten = *target != request_.target;
-  if (rewritten) routed_ = *target;
-  dial(std::move(*target), std::move(chain), rewritten);
+  const bool rewritten = d->target != request_.target;
+  if (rewritten) routed_ = d->target;
+  dial(std::move(d->target), std::move(chain), rewritten);
 }
 
 void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api) {
@@ -267,7 +263,7 @@ void Session::on_timeout() {
     if (dialer_) dialer_->cancel();
     server_.deferred().dispose(std::move(dialer_));
     server_.deferred().dispose(std::move(routing_));
-    ++server_.stats().dial_failed;
+    ++server_.stats().timed_out;
     reject(net::DialError::kTimeout, "timed out");
     return;
   }

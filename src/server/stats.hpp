@@ -17,9 +17,11 @@ struct Stats {
   uint64_t success = 0;   // requests that reached the relay
   uint64_t rejected = 0;  // refused by the ruleset or by authentication
   uint64_t dial_failed = 0;
+  uint64_t timed_out = 0;                 // -t ran out while routing or dialing
   uint64_t bad_requests = 0;              // protocol errors and timeouts in the handshake
   uint64_t bytes_up = 0, bytes_down = 0;  // finished relays; live ones are added on read
-  uint64_t api_requests = 0;
+  uint64_t api_requests = 0;              // API request heads; never in `requests`
+  uint64_t api_successes = 0;             // API requests answered with a 2xx status
 };
 
 }  // namespace rs::server

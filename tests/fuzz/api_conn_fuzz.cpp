@@ -32,9 +32,11 @@ namespace {
 
 struct Backend : api::ApiBackend {
   int requests = 0;
+  int successes = 0;
   ruleset::Engine* engine() override { return nullptr; }
   std::string server_stats(bool) override { return "Fuzz                : 1\n"; }
   void count_api_request() override { ++requests; }
+  void count_api_success() override { ++successes; }
 };
 
 struct World {

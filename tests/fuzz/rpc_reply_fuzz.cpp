@@ -72,9 +72,9 @@ struct FakeHost : ruleset::Host {
   lua_State* L = nullptr;
   std::function<void(bool, std::string)> pending;
   void on_open(lua_State* state) override { L = state; }
-  void push_config(lua_State* state) override { lua_newtable(state); }
-  void push_stats(lua_State* state) override { lua_newtable(state); }
-  std::unique_ptr<Cancellable> invoke(std::string, std::string, std::vector<std::string>,
+  ruleset::HostConfig config() override { return {}; }
+  ruleset::HostStats stats() override { return {}; }
+  std::unique_ptr<Cancellable> invoke(std::string, proto::Address, std::vector<proto::ProxyUri>,
                                       std::function<void(bool, std::string)> cb) override {
     pending = std::move(cb);
     return std::make_unique<NoopCall>();

@@ -814,6 +814,84 @@ class TimeoutTest(IntegrationCase):
 # Hot reload under load
 # --------------------------------------------------------------------------
 
+STATS_EXTRA = r"""
+local pass_resolve = ruleset.resolve
+function ruleset.resolve(addr)
+    if addr:find("^hang%.test:") then await.sleep(60) end
+    if addr:find("^dns%.test:") then
+        local ip = await.resolve(addr:match("^dns%.test:(%d+)$") == "1" and "localhost"
+                                 or "nonexistent.invalid")
+        return ip and ip .. ":1" or nil
+    end
+    return pass_resolve(addr)
+end
+"""
+
+# neosocksd.stats() as integers, read over RPC.
+STATS_FIELDS = ("num_request", "num_success", "num_reject_ruleset", "num_reject_timeout",
+                "num_reject_upstream", "num_api_request", "num_api_success", "num_object",
+                "num_dns_query", "num_dns_success")
+
+
+class StatsFieldsTest(IntegrationCase):
+    """neosocksd.stats() has the fields of neosocksd 2026-07, counted as neosocksd does."""
+
+    def setUp(self):
+        self.node = start_node(self, "stats", ruleset_text("S", extra=STATS_EXTRA), "-t", "1")
+
+    def stats(self):
+        fields = ", ".join(f"math.tointeger(s.{f}) or -1" for f in STATS_FIELDS)
+        values = rpcall(self.node.api_port, f"local s = neosocksd.stats() return {fields}")
+        self.assertIs(values[0], True, values)
+        return dict(zip(STATS_FIELDS, values[1:]))
+
+    def socks5(self, host, port):
+        with connect(self.node.port, timeout=IO_TIMEOUT) as s:
+            return socks5_handshake(s, host, port)[1]
+
+    def test_new_fields(self):
+        before = self.stats()
+        for f in STATS_FIELDS:
+            self.assertGreaterEqual(before[f], 0, f"{f} is missing or not an integer: {before}")
+        self.assertGreater(before["num_object"], 100, "Lua objects alive")
+        # A request that times out while routing: a timeout, not an upstream failure.
+        self.assertEqual(self.socks5("hang.test", 80), 0x06)  # TTL expired
+        s = self.stats()
+        self.assertEqual(s["num_reject_timeout"] - before["num_reject_timeout"], 1, s)
+        self.assertEqual(s["num_reject_upstream"], before["num_reject_upstream"], s)
+        self.assertEqual(s["num_request"] - before["num_request"], 1, s)
+        # DNS: a name that resolves, one that does not.
+        self.socks5("dns.test", 1)
+        self.socks5("dns.test", 2)
+        s2 = self.stats()
+        self.assertEqual(s2["num_dns_query"] - s["num_dns_query"], 2, s2)
+        self.assertEqual(s2["num_dns_success"] - s["num_dns_success"], 1, s2)
+        # API successes: each rpcall above and a /healthy; a 404 is not one.
+        api = self.node.api_port
+        self.assertEqual(api_call(api, "GET", "/healthy").status, 200)
+        self.assertEqual(api_call(api, "GET", "/no/such/endpoint").status, 404)
+        s3 = self.stats()
+        self.assertEqual(s3["num_api_request"] - s2["num_api_request"], 3, s3)  # and this rpcall
+        self.assertEqual(s3["num_api_success"] - s2["num_api_success"], 2, s3)
+
+    def test_api_requests_are_not_proxy_requests(self):
+        before = self.stats()
+        api = self.node.api_port
+        for _ in range(5):
+            self.assertEqual(api_call(api, "GET", "/healthy").status, 200)
+        # Through the proxy to the API by its mapped name: one proxy request
+        # (the tunnel), however many API requests go through it.
+        with connect(self.node.port, timeout=IO_TIMEOUT) as s:
+            _, rep = socks5_handshake(s, "api.neosocksd.internal", 80)
+            self.assertEqual(rep, 0)
+            for _ in range(3):
+                s.sendall(http_request_bytes("GET", "/healthy"))  # keep-alive: HTTP/1.1
+                self.assertEqual(read_reply(s).status, 200)
+        s = self.stats()
+        self.assertEqual(s["num_request"] - before["num_request"], 1, s)
+        self.assertEqual(s["num_api_request"] - before["num_api_request"], 1 + 5 + 3, s)
+
+
 class HotReloadTest(IntegrationCase):
     CLIENTS = 100
     DURATION = 3.0
@@ -1153,6 +1231,34 @@ class RpcTest(IntegrationCase):
         self.assertEqual(rpcall(d.api_port, script_via % (
             lua_quote(API_NAME), lua_quote(f"socks5://127.0.0.1:{self.c.port}"))),
             [True, True, b"C"])
+
+    def test_spaced_proxy_list_serves_proxy_and_rpc(self):
+        # -x "hop1, hop2" (a space after the comma) is one chain for proxying and
+        # for RPC alike: D -> B's proxy -> C's proxy -> C's API.
+        origin = self.start_class_origin()
+        spaced = f"socks5://127.0.0.1:{self.b.port}, socks5://127.0.0.1:{self.c.port}"
+        d = start_node(self, "node-d", ruleset_text("D"), "-x", spaced)
+        marks = [len(n.log_text()) for n in (self.b, self.c)]
+        rep, reply = socks5_get(d.port, origin.port)
+        self.assertEqual(rep, 0)
+        self.assertEqual(reply.status, 200)
+        self.assertTrue(wait_until(lambda: f"-> 127.0.0.1:{self.c.port}" in
+                                   self.b.log_text()[marks[0]:], 2), "B carried it to C")
+        self.assertTrue(wait_until(lambda: f"-> 127.0.0.1:{origin.port}" in
+                                   self.c.log_text()[marks[1]:], 2), "C carried it to the origin")
+        script = """
+            local ok, r = await.invoke("return NODE", %s)
+            if not ok then return "failed", r end
+            return r()
+        """
+        self.assertEqual(rpcall(d.api_port, script % lua_quote(API_NAME)), [True, True, b"C"])
+        self.addCleanup(rpcall, self.c.api_port, "_G.spaced = nil")
+        r = api_post(d.api_port, "/ruleset/invoke",
+                     f"neosocksd.invoke('_G.spaced = true', {lua_quote(API_NAME)})")
+        self.assertEqual(r.status, 200, r.text)
+        self.assertTrue(wait_until(
+            lambda: rpcall(self.c.api_port, "return _G.spaced") == [True, True], 5, 0.05),
+            "neosocksd.invoke went through both hops to C")
 
     def test_nested_invocations(self):
         # A asks B to ask C: await.invoke inside a remote routine.

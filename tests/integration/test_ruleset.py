@@ -14,8 +14,10 @@ import gzip
 import os
 import re
 import resource
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -254,6 +256,121 @@ class MemoryLimit(RulesetCase):
         self.assertIn("memory", self.proxy.log_text().lower())
         rpc_string(self.api_port, "collectgarbage() return 'ok'")
         self.assert_still_serving()
+
+
+STRESS_RULESET = r"""
+-- ruleset.resolve("stress.test:N"): fills the Lua heap up to --memlimit, then
+-- frees it a few dozen bytes at a time, calling every host function (under
+-- pcall) at each step; rejects the request and reports in _G.stress.
+local API = neosocksd.config().api
+local function hosts()
+    return {
+        function() return neosocksd.config() end,
+        function() return neosocksd.stats() end,
+        function() return neosocksd.async(function() end, function() await.sleep(0) end) end,
+        function()
+            for _ = 1, 24 do neosocksd.async(function() end, function() await.sleep(0.01) end) end
+        end,
+        function() neosocksd.invoke("_G.invoked = (_G.invoked or 0) + 1", API) end,
+        function() neosocksd.setinterval(0) end,
+        function() return neosocksd.splithostport("example.com:80") end,
+        function() return neosocksd.parse_ipv4("10.1.2.3"), neosocksd.parse_ipv6("::1") end,
+        function() return neosocksd.resolve("localhost") end,
+        function() return neosocksd.traceback("here") end,
+        function() await.sleep(0) end,
+        function() await.idle() end,
+        function() return await.resolve("localhost") end,
+        function() return await.execute("true") end,
+        function()
+            local ok, r = await.invoke("return 1, 'two'", API)
+            if ok then return r() end
+        end,
+        function() return regex.compile("^a+(b|c)$"):match("aaab") end,
+        function() return zlib.uncompress(zlib.compress(string.rep("abc", 50))) end,
+        function() return zlib.gunzip(zlib.gzip("hello")) end,
+        function() return marshal({ 1, "two", { x = 3.5, [true] = false } }) end,
+        function() return time.monotonic(), time.wall() end,
+    }
+end
+local fns = hosts()
+-- Counters in fields that exist already: updating them never allocates.
+_G.stress = { steps = 0, passed = 0, failed = 0, escaped = 0, filled = 0 }
+local counts = _G.stress
+local big, small
+local function put_big(i) big[i] = string.rep("x", 1000) end
+local function put_small(i) small[i] = {} end
+local function stress(steps)
+    -- Slots first, so that filling them never grows a table.
+    big, small = {}, {}
+    for i = 1, 1200 do big[i] = false end
+    for i = 1, 400 do small[i] = false end
+    collectgarbage()
+    local nb, ns = 0, 0
+    while nb < #big and pcall(put_big, nb + 1) do nb = nb + 1 end
+    -- Trade the last few KiB for small pieces, so that the room grows finely.
+    for i = nb - 5, nb do big[i] = false end
+    collectgarbage()
+    while ns < #small and pcall(put_small, ns + 1) do ns = ns + 1 end
+    counts.filled = nb
+    for k = 1, math.min(steps, ns) do
+        small[k] = false  -- about 56 bytes more room at each step
+        counts.steps = counts.steps + 1
+        for i = 1, #fns do
+            collectgarbage()
+            if pcall(fns[i]) then
+                counts.passed = counts.passed + 1
+            else
+                counts.failed = counts.failed + 1
+            end
+        end
+    end
+end
+local ruleset = {}
+function ruleset.resolve(addr)
+    local steps = tonumber(addr:match("^stress%.test:(%d+)$"))
+    if not steps then return addr end
+    -- The limit may hit this routine's own frames too (calling pcall needs a
+    -- call frame): that fails this request only.
+    if not pcall(stress, steps) then counts.escaped = counts.escaped + 1 end
+    big, small = nil, nil
+    collectgarbage()
+    return nil
+end
+function ruleset.route(addr) return addr end
+return ruleset
+"""
+
+
+class MemoryLimitStress(IntegrationCase):
+    """--memlimit 1 with the heap a few bytes to a few KiB below it, every host function."""
+
+    def test_every_host_function_near_the_limit(self):
+        origin = self.start_class_origin()
+        d = tempfile.mkdtemp(prefix="rulesocks-ruleset-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = write(os.path.join(d, "stress.lua"), STRESS_RULESET)
+        api_port = free_port()
+        proxy = self.start_proxy("-r", path, "--memlimit", "1", "--api", f"{LOOP4}:{api_port}",
+                                 "-t", "60", name="stress", extra_ports=(api_port,))
+        for _ in range(2):
+            with connect(proxy.port, timeout=60) as s:
+                _, rep = socks5_handshake(s, "stress.test", 150)
+            self.assertEqual(rep, 0x02, "the stressed request is refused, not dropped")
+            self.assertTrue(proxy.alive, "the proxy aborted")
+            report = rpc_string(api_port, "local s = _G.stress return string.format("
+                                "'%d %d %d %d %d', s.steps, s.passed, s.failed, s.escaped, s.filled)")
+            steps, passed, failed, escaped, filled = map(int, report.split())
+            self.assertGreater(steps, 20, report)
+            self.assertGreater(failed, 50, f"the limit was never met: {report}")
+            self.assertGreater(passed, 50, report)
+            print(f"stress: steps passed failed escaped KiB: {report}", file=sys.stderr)
+            # And it serves as before.
+            rc, out, err = curl("--socks5-hostname", f"{LOOP4}:{proxy.port}",
+                                f"http://127.0.0.1:{origin.port}/hello", timeout=10)
+            self.assertEqual((rc, out), (0, b"hello from origin\n"), err)
+        self.assertTrue(wait_until(
+            lambda: rpc_string(api_port, "return tostring(_G.invoked or 0)") != "0", 5),
+            "some neosocksd.invoke calls were delivered")
 
 
 class Async(RulesetCase):

@@ -66,6 +66,11 @@ case("invoke", function()
     raises("bad argument", await.invoke)
     raises("bad argument", await.invoke, "return 1")
     raises("bad argument", await.invoke, "return 1", "x:1", {})
+    -- A target that cannot be parsed fails the call, before any RPC.
+    local bad, why = await.invoke("return 1", "no port here")
+    assert(bad == false and why:find("invalid address", 1, true), tostring(why))
+    bad, why = await.invoke("return 1", "x:1", "gopher://127.0.0.1:1")
+    assert(bad == false and why:find("invalid proxy", 1, true), tostring(why))
     local api = neosocksd.config().api
     if not api then return end -- no API server: nothing to call
 

@@ -26,10 +26,10 @@ return ruleset
 struct FakeHost : ruleset::Host {
   ev::Loop* loop = nullptr;
   net::DialOptions dial;
-  void push_config(lua_State* L) override { lua_newtable(L); }
-  void push_stats(lua_State* L) override { lua_newtable(L); }
-  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
-                                      std::vector<std::string> chain,
+  ruleset::HostConfig config() override { return {}; }
+  ruleset::HostStats stats() override { return {}; }
+  std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
+                                      std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override {
     return rpc_call(loop, nullptr, dial, std::move(code), std::move(addr), std::move(chain),
                     std::move(cb));
@@ -39,6 +39,7 @@ struct FakeHost : ruleset::Host {
 struct FakeBackend : ApiBackend {
   ruleset::Engine* eng = nullptr;
   std::atomic<int> requests{0};
+  std::atomic<int> successes{0};
   std::atomic<int> incremental_calls{0};
   ruleset::Engine* engine() override { return eng; }
   std::string server_stats(bool incremental) override {
@@ -49,6 +50,7 @@ struct FakeBackend : ApiBackend {
     return "Fake Server         : stateless\n";
   }
   void count_api_request() override { ++requests; }
+  void count_api_success() override { ++successes; }
 };
 
 class ApiFixture : public ::testing::Test {
@@ -97,8 +99,11 @@ class ApiFixture : public ::testing::Test {
       net::DialOptions opts;
       opts.timeout = timeout;
       // The options are copied by rpc_call.
-      *handle = rpc_call(loop_.loop(), nullptr, opts, std::move(code), std::move(addr),
-                         std::move(chain), [done](bool ok, std::string body) {
+      // Parsing is the caller's (the ruleset boundary's): the texts here are valid.
+      std::vector<proto::ProxyUri> hops;
+      for (const auto& text : chain) hops.push_back(proto::parse_proxy_uri(text).uri);
+      *handle = rpc_call(loop_.loop(), nullptr, opts, std::move(code), *proto::parse_address(addr),
+                         std::move(hops), [done](bool ok, std::string body) {
                            done->set_value({ok, std::move(body)});
                          });
     });

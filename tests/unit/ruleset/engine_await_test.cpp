@@ -70,6 +70,25 @@ INSTANTIATE_TEST_SUITE_P(Awaits, CancelTest,
                                            "await.idle() await.sleep(5)",
                                            "await.invoke('await.sleep(5)', 'loopback:1')"));
 
+TEST_F(EngineTest, InvokeHandsTheHostAParsedTarget) {
+  make();
+  load(R"(return { resolve = function(addr)
+    local ok, r = await.invoke("return 1", "peer.test:9080", "http://10.0.0.2:3128",
+                               "socks5://u:p@10.0.0.1:1080")
+    local bad, why = await.invoke("return 1", "peer.test:9080", " socks5://10.0.0.1:1")
+    assert(bad == false and why:find("invalid proxy", 1, true), why)
+    return addr
+  end })");
+  auto r = route("x:1");
+  ASSERT_TRUE(r.decision) << r.error;
+  EXPECT_EQ(host_.invokes, 1) << "a bad target never reaches the host";
+  EXPECT_EQ(host_.last_addr, "peer.test:9080");
+  ASSERT_EQ(host_.last_chain.size(), 2u);
+  EXPECT_EQ(host_.last_chain[0].scheme, proto::ProxyUri::Scheme::kSocks5);
+  EXPECT_EQ(host_.last_chain[0].username, "u");
+  EXPECT_EQ(host_.last_chain[1].port, 3128);
+}
+
 TEST_F(EngineTest, CancelledChildIsKilledAndReaped) {
   make();
   char path[] = "/tmp/rs_engine_pid_XXXXXX";

@@ -10,6 +10,7 @@
 #include <lua.hpp>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,7 @@ class FakeHost : public Host {
   Engine* engine = nullptr;  // RPC target
   int invokes = 0;
   std::string last_addr;
-  std::vector<std::string> last_chain;
+  std::vector<proto::ProxyUri> last_chain;  // dial order
   // test_done(ok, msg) from a Lua test script.
   bool done = false;
   bool done_ok = false;
@@ -36,27 +37,34 @@ class FakeHost : public Host {
     lua_pushlightuserdata(L, this);
     lua_pushcclosure(L, test_done, 1);
     lua_setglobal(L, "test_done");
+    lua_pushcfunction(L, ballast);
+    lua_setglobal(L, "ballast");
   }
-  void push_config(lua_State* L) override {
-    lua_createtable(L, 0, 2);
-    lua_pushinteger(L, 4);
-    lua_setfield(L, -2, "loglevel");
-    lua_pushliteral(L, "loopback:1");
-    lua_setfield(L, -2, "api");
+  bool host_throws = false;  // config() and stats() throw
+  HostConfig config() override {
+    if (host_throws) throw std::runtime_error("config is unavailable");
+    HostConfig c;
+    c.loglevel = 4;
+    c.api = "loopback:1";
+    // Longer than any small-string buffer: a leak if an error skipped its destructor.
+    c.listen = "[2001:db8::1]:1080";
+    return c;
   }
-  void push_stats(lua_State* L) override {
-    lua_createtable(L, 0, 1);
-    lua_pushinteger(L, 42);
-    lua_setfield(L, -2, "num_sessions");
+  HostStats stats() override {
+    if (host_throws) throw std::runtime_error("stats are unavailable");
+    HostStats s;
+    s.num_sessions = 42;
+    return s;
   }
 
   // "fail:1" fails; anything else runs the code via engine->rpcall.
-  std::unique_ptr<Cancellable> invoke(std::string code, std::string addr,
-                                      std::vector<std::string> chain,
+  std::unique_ptr<Cancellable> invoke(std::string code, proto::Address target,
+                                      std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override {
     ++invokes;
+    std::string addr = target.to_string();
     last_addr = addr;
-    last_chain = chain;
+    last_chain = std::move(chain);
     auto call = std::make_unique<Call>();
     auto alive = call->alive;
     Call* raw = call.get();
@@ -80,6 +88,20 @@ class FakeHost : public Host {
     std::unique_ptr<Cancellable> inner;
     ~Call() override { *alive = false; }
   };
+  // ballast(limit, room): after a full collection, a userdata of the size that
+  // leaves about `room` bytes of the Lua heap below `limit` (one allocation, so
+  // the heap can be placed to the byte; its header makes the exact offset vary).
+  static int ballast(lua_State* L) {
+    const auto limit = static_cast<size_t>(luaL_checkinteger(L, 1));
+    const auto room = static_cast<size_t>(luaL_checkinteger(L, 2));
+    lua_gc(L, LUA_GCCOLLECT);
+    const size_t used = static_cast<size_t>(lua_gc(L, LUA_GCCOUNT)) * 1024 +
+                        static_cast<size_t>(lua_gc(L, LUA_GCCOUNTB));
+    constexpr size_t kHeader = 48;  // about sizeof(Udata0) plus the stack slot
+    const size_t want = used + room + kHeader < limit ? limit - used - room - kHeader : 0;
+    lua_newuserdatauv(L, want, 0);
+    return 1;
+  }
   static int test_done(lua_State* L) {
     auto* self = static_cast<FakeHost*>(lua_touserdata(L, lua_upvalueindex(1)));
     self->done = true;
@@ -91,9 +113,17 @@ class FakeHost : public Host {
   ev::Deferred deferred_;
 };
 
+// A Decision as text, for comparisons: the target's to_string() and each hop's
+// scheme://host:port (credentials masked).
+struct ShownDecision {
+  std::string addr;
+  std::vector<std::string> chain;
+};
+
 struct RouteResult {
   bool called = false;
-  std::optional<Decision> decision;
+  std::optional<Decision> typed;
+  std::optional<ShownDecision> decision;  // `typed`, shown
   std::string error;
 };
 
@@ -145,7 +175,12 @@ class EngineTest : public ::testing::Test {
     Request req{kind, std::move(addr), std::move(user), std::move(pass)};
     return engine_->route(std::move(req), [&r](std::optional<Decision> d, std::string err) {
       r.called = true;
-      r.decision = std::move(d);
+      if (d) {
+        ShownDecision shown{d->target.to_string(), {}};
+        for (const auto& hop : d->chain) shown.chain.push_back(hop.to_string());
+        r.decision = std::move(shown);
+      }
+      r.typed = std::move(d);
       r.error = std::move(err);
     });
   }

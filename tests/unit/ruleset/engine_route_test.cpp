@@ -28,6 +28,29 @@ TEST_F(EngineTest, ChainIsReversedToDialOrder) {
   const std::vector<std::string> want{"socks4a://10.0.0.1:1080", "http://10.0.0.2:8080",
                                       "socks5://10.0.0.3:1080"};
   EXPECT_EQ(r.decision->chain, want);
+  // Parsed once, by the engine: the session dials these values as they are.
+  ASSERT_TRUE(r.typed);
+  EXPECT_TRUE(r.typed->target.is_ipv4());
+  EXPECT_EQ(r.typed->target.port, 80);
+  ASSERT_EQ(r.typed->chain.size(), 3u);
+  EXPECT_EQ(r.typed->chain[0].scheme, proto::ProxyUri::Scheme::kSocks4a);
+  EXPECT_EQ(r.typed->chain[0].host, "10.0.0.1");
+  EXPECT_EQ(r.typed->chain[2].port, 1080);
+}
+
+TEST_F(EngineTest, DecisionKeepsHopCredentials) {
+  make();
+  load(R"(return { resolve = function(addr)
+    return "example.org:443", "socks5://al%40ice:p%3Ass@[2001:db8::1]:1080"
+  end })");
+  auto r = route("example.com:80");
+  ASSERT_TRUE(r.typed) << r.error;
+  EXPECT_TRUE(r.typed->target.is_domain());
+  ASSERT_EQ(r.typed->chain.size(), 1u);
+  const auto& hop = r.typed->chain[0];
+  EXPECT_EQ(hop.host, "2001:db8::1");
+  EXPECT_EQ(hop.username, "al@ice");
+  EXPECT_EQ(hop.password, "p:ss");
 }
 
 TEST_F(EngineTest, PassesAddressAndCredentials) {
