@@ -181,14 +181,14 @@ void Dialer::begin_hop() {
     return;
   }
   const proto::Address next = hop_ + 1 < chain_.size() ? chain_[hop_ + 1].address() : target_;
-  if (chain_[hop_].scheme == proto::ProxyUri::Scheme::kSocks4a && next.is_ipv6()) {
-    finish(DialError::kAddressType, fmt::format("{}: SOCKS4A cannot carry IPv6 address {}",
-                                                chain_[hop_].to_string(), next.to_string()));
-    return;
-  }
   hs_ = std::make_unique<HopHandshake>(chain_[hop_], next);
   stage_ = Stage::kHandshake;
-  out_ = hs_->start();
+  auto first = hs_->start();
+  if (first.status == HopHandshake::Step::kError) {
+    finish(first.error, first.message);
+    return;
+  }
+  out_ = std::move(first.out);
   in_.clear();
   io_.set(fd_.get(), EV_WRITE);
   io_.start();
