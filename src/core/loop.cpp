@@ -25,10 +25,12 @@ struct LoopDeferred {
 Deferred::Deferred(Loop* loop) : loop_(loop) {
   ev_prepare_init(&w_, thunk);
   w_.data = this;
+  ev_idle_init(&nudge_, [](Loop* l, ev_idle* w, int) { ev_idle_stop(l, w); });
 }
 
 Deferred::~Deferred() {
   ev_prepare_stop(loop_, &w_);
+  ev_idle_stop(loop_, &nudge_);
   drain();
 }
 
@@ -68,7 +70,12 @@ void Deferred::cancel(Scope* scope) {
 }
 
 void Deferred::drain() {
-  if (draining_) return;
+  run_queued();
+}
+
+bool Deferred::run_queued() {
+  if (draining_) return false;
+  bool ran = false;
   draining_ = true;
   while (!queue_.empty()) {
     running_ = std::move(queue_);
@@ -79,15 +86,20 @@ void Deferred::drain() {
       if (!e.task) continue;  // cancelled
       if (e.scope) --e.scope->pending_;
       e.task();
+      ran = true;
     }
     running_.clear();
   }
   draining_ = false;
+  return ran;
 }
 
 void Deferred::thunk(Loop*, ev_prepare* w, int) {
   auto* self = static_cast<Deferred*>(w->data);
-  self->drain();
+  // Tasks are work done this iteration, as events are: an active idle
+  // watcher keeps the poll that follows from blocking, so that
+  // ev_run(EVRUN_ONCE) returns after them (its callback only stops it).
+  if (self->run_queued()) ev_idle_start(self->loop_, &self->nudge_);
   if (self->queue_.empty()) ev_prepare_stop(self->loop_, &self->w_);
 }
 

@@ -200,10 +200,12 @@ class Deferred {
   };
   void push(Task task, Scope* scope);
   void cancel(Scope* scope);
+  bool run_queued();  // whether a task ran
   static void thunk(Loop*, ev_prepare* w, int);
 
   Loop* loop_;
   ev_prepare w_{};
+  ev_idle nudge_{};
   std::vector<Entry> queue_;
   // The batch drain() is running, from next_: cancel() looks there too.
   std::vector<Entry> running_;
