@@ -41,10 +41,7 @@ ApiConnection::ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer,
       closed_(std::move(closed)),
       io_(loop, [this](int revents) { on_io(revents); }),
       timer_(loop, [this](int) { on_timeout(); }),
-      resume_(loop, [this](int) {
-        advance();
-        update_watch();
-      }) {}
+      later_(deferred) {}
 
 // Destroying pending_ cancels a running rpcall; the watchers stop themselves.
 ApiConnection::~ApiConnection() = default;
@@ -60,7 +57,7 @@ void ApiConnection::close() {
   phase_ = Phase::kClosed;
   io_.stop();
   timer_.stop();
-  resume_.stop();
+  later_.cancel();
   closed_(this);
 }
 
@@ -176,7 +173,11 @@ void ApiConnection::advance() {
   int budget = kPipelineBurst;
   while (phase_ == Phase::kRead && !need_more_) {
     if (budget-- == 0) {
-      resume_.start(0);
+      // The rest after other connections have had their turn.
+      later_.post([this] {
+        advance();
+        update_watch();
+      });
       return;
     }
     if (!step()) need_more_ = true;

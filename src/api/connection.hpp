@@ -36,7 +36,7 @@ class ApiConnection {
   using Closed = std::function<void(ApiConnection*)>;
   // Takes ownership of `fd` (connected, non-blocking). `limits`, `endpoints`
   // and `deferred` must outlive the connection; `deferred` destroys finished
-  // rpcall handles outside their own callbacks.
+  // rpcall handles outside their own callbacks and resumes long pipelines.
   ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer, const ConnectionLimits& limits,
                 Endpoints& endpoints, ev::Deferred& deferred, Closed closed);
   ~ApiConnection();
@@ -82,7 +82,9 @@ class ApiConnection {
   Closed closed_;
   ev::Io io_;
   ev::Timer timer_;
-  ev::Timer resume_;  // continues a long pipeline on a later loop iteration
+  // Continues a long pipeline on a later loop iteration, through `deferred`;
+  // cancelled by close() and by the destructor.
+  ev::Deferred::Scope later_;
 
   Phase phase_ = Phase::kRead;
   std::string in_;         // received and not yet consumed

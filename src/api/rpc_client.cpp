@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "api/chunked.hpp"
 #include "api/http_util.hpp"
@@ -29,12 +30,10 @@ std::string summarize(std::string_view text, std::string_view fallback) {
   return std::string(text);
 }
 
-// One call. It lives on the heap and owns itself: the Handle given to the
-// caller only asks it to go away (release), which it does at once unless its
-// result is being delivered; then deliver() deletes it afterwards.
-//
-// The result is delivered from an ev_once() callback, which belongs to no
-// watcher of ours, so the caller may destroy the handle inside its callback.
+// One call, owned by the Handle given to the caller. The result is delivered
+// by a task on the loop's Deferred, posted through the call's Scope; the
+// caller may destroy the handle inside its callback, so the handle stops the
+// call at once and has the loop's Deferred destroy it afterwards.
 class RpcCall {
  public:
   RpcCall(ev::Loop* loop, net::Resolver* resolver, const net::DialOptions& opts, RpcCallback cb)
@@ -43,17 +42,23 @@ class RpcCall {
         opts_(opts),
         cb_(std::move(cb)),
         io_(loop, [this](int revents) { on_io(revents); }),
-        timer_(loop, [this](int) { finish(false, fmt::format("rpc {}: timed out", addr_)); }) {}
+        timer_(loop, [this](int) { finish(false, fmt::format("rpc {}: timed out", addr_)); }),
+        later_(loop) {}
   RpcCall(const RpcCall&) = delete;
   RpcCall& operator=(const RpcCall&) = delete;
 
   void start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain);
-  // The handle is gone: no callback from now on.
-  void release() {
-    released_ = true;
+  // The handle is gone: nothing runs and no callback comes from now on.
+  void cancel() {
+    finished_ = true;
     cb_ = nullptr;
-    if (!delivering_) delete this;
+    later_.cancel();
+    io_.stop();
+    timer_.stop();
+    fd_.reset();
+    if (!in_dial_callback_) dialer_.reset();
   }
+  ev::Loop* loop() const { return loop_; }
 
  private:
   enum class BodyMode { kLength, kChunked, kEof };
@@ -66,7 +71,7 @@ class RpcCall {
   bool read_head(bool eof);
   void complete();
   void finish(bool ok, std::string msg);
-  static void deliver(int revents, void* arg);
+  void deliver();
 
   ev::Loop* loop_;
   net::Resolver* resolver_;
@@ -89,22 +94,27 @@ class RpcCall {
   std::string body_;
 
   bool in_dial_callback_ = false;
-  bool finished_ = false;    // the result is known
-  bool delivering_ = false;  // deliver() is scheduled or running
-  bool released_ = false;
+  bool finished_ = false;  // the result is known (or the call cancelled)
   bool result_ok_ = false;
   std::string result_;
+  ev::Deferred::Scope later_;  // deliver(); cancelled with the call
 };
 
 class Handle final : public Cancellable {
  public:
-  explicit Handle(RpcCall* call) : call_(call) {}
-  ~Handle() override { call_->release(); }
+  explicit Handle(std::unique_ptr<RpcCall> call) : call_(std::move(call)) {}
+  // This may run inside the call's own callback (deliver()): stop the call
+  // now, destroy it later from the loop.
+  ~Handle() override {
+    call_->cancel();
+    ev::Deferred::of(call_->loop()).dispose(std::move(call_));
+  }
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
+  RpcCall& call() { return *call_; }
 
  private:
-  RpcCall* call_;
+  std::unique_ptr<RpcCall> call_;
 };
 
 void RpcCall::start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain) {
@@ -317,20 +327,14 @@ void RpcCall::finish(bool ok, std::string msg) {
   if (!ok) log::debug("{}", msg);
   result_ok_ = ok;
   result_ = std::move(msg);
-  delivering_ = true;
-  ev_once(loop_, -1, 0, 0., &RpcCall::deliver, this);
+  later_.post([this] { deliver(); });
 }
 
-void RpcCall::deliver(int, void* arg) {
-  auto* self = static_cast<RpcCall*>(arg);
-  if (!self->released_) {
-    // Moved out: the callback may release (and so destroy) the call.
-    RpcCallback cb = std::move(self->cb_);
-    self->cb_ = nullptr;
-    if (cb) cb(self->result_ok_, std::move(self->result_));
-  }
-  self->delivering_ = false;
-  if (self->released_) delete self;
+void RpcCall::deliver() {
+  // Moved out: the callback may destroy the handle, which cancels the call
+  // (and clears cb_) but leaves it alive until this task has returned.
+  RpcCallback cb = std::exchange(cb_, nullptr);
+  if (cb) cb(result_ok_, std::move(result_));
 }
 
 }  // namespace
@@ -339,9 +343,9 @@ std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
                                       const net::DialOptions& opts, std::string code,
                                       proto::Address addr, std::vector<proto::ProxyUri> chain,
                                       RpcCallback cb) {
-  auto* call = new RpcCall(loop, resolver, opts, std::move(cb));
-  auto handle = std::make_unique<Handle>(call);
-  call->start(std::move(code), std::move(addr), std::move(chain));
+  auto handle =
+      std::make_unique<Handle>(std::make_unique<RpcCall>(loop, resolver, opts, std::move(cb)));
+  handle->call().start(std::move(code), std::move(addr), std::move(chain));
   return handle;
 }
 

@@ -13,6 +13,8 @@
 #include <memory>
 #include <vector>
 
+#include "core/task.hpp"
+
 namespace rs::ev {
 
 using Loop = struct ev_loop;
@@ -128,29 +130,87 @@ class Child : public Watcher<ev_child> {
   int rpid() const { return w_.rpid; }
 };
 
-// Runs queued closures from a prepare watcher on a clean stack, before the
-// loop blocks again. Used to destroy objects outside their own callbacks and to
-// resume coroutines "later".
+// Runs queued tasks from a prepare watcher on a clean stack, before the loop
+// blocks again (so, unlike an idle watcher, even while other I/O is always
+// pending). Used to destroy objects outside their own callbacks, to deliver
+// results "later" (never inside the call that asked for them) and to resume
+// coroutines.
+//
+// Each loop has one, reached with Deferred::of(loop): objects that run work
+// later share it (one watcher per loop, none per object) and post through a
+// Deferred::Scope they own, which cancels their tasks when they go away.
+// Owners that predate it (Server, ApiServer, the ruleset Runtime) still hold
+// Deferreds of their own.
 class Deferred {
  public:
   explicit Deferred(Loop* loop);
+  // Runs whatever is still queued.
   ~Deferred();
   Deferred(const Deferred&) = delete;
   Deferred& operator=(const Deferred&) = delete;
-  void post(std::function<void()> fn);
+
+  // The loop's own Deferred, created on first use and owned by the loop: an
+  // ev_cleanup watcher destroys it (running what is left) in
+  // ev_loop_destroy(). It outlives every object on the loop.
+  static Deferred& of(Loop* loop);
+
+  // Runs `task` later, from the loop, whatever happens to its poster: for
+  // work that must happen (destruction). Work on behalf of an object that
+  // may go away first goes through a Scope.
+  void post(Task task);
   // Destroys `p` later, from the loop: for objects whose callback is running.
+  // The task owns `p`, so it is destroyed even if the loop never runs again
+  // (drain() or ~Deferred()).
   template <class T>
   void dispose(std::unique_ptr<T> p) {
-    if (p) post([raw = p.release()] { delete raw; });
+    if (p) post([p = std::move(p)]() mutable { p.reset(); });
   }
-  // Runs everything queued so far (and anything those post), e.g. at shutdown.
+  // Runs everything queued so far (and anything those post), e.g. at
+  // shutdown. Inside a task it does nothing: the running drain goes on.
   void drain();
 
+  // The tasks one object posts. Destroying the Scope, or cancel(), drops
+  // (destroys without running) every task it posted that has not started,
+  // so a task never runs after its poster is gone. The Deferred must outlive
+  // the Scope; a task may destroy its own Scope (and the object that owns
+  // it) as long as it touches neither afterwards.
+  class Scope {
+   public:
+    explicit Scope(Deferred& deferred) : deferred_(deferred) {}
+    explicit Scope(Loop* loop) : Scope(Deferred::of(loop)) {}
+    ~Scope() { cancel(); }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+    void post(Task task);
+    void cancel();
+    // Tasks posted and not yet started or cancelled.
+    size_t pending() const { return pending_; }
+
+   private:
+    friend class Deferred;
+    Deferred& deferred_;
+    size_t pending_ = 0;
+  };
+
  private:
+  struct Entry {
+    Task task;
+    Scope* scope = nullptr;  // null: unscoped, always runs
+  };
+  void push(Task task, Scope* scope);
+  void cancel(Scope* scope);
+  bool run_queued();  // whether a task ran
   static void thunk(Loop*, ev_prepare* w, int);
+
   Loop* loop_;
   ev_prepare w_{};
-  std::vector<std::function<void()>> queue_;
+  ev_idle nudge_{};
+  std::vector<Entry> queue_;
+  // The batch drain() is running, from next_: cancel() looks there too.
+  std::vector<Entry> running_;
+  size_t next_ = 0;
+  bool draining_ = false;
 };
 
 }  // namespace rs::ev

@@ -69,10 +69,7 @@ Dialer::Dialer(ev::Loop* loop, Resolver* resolver, const DialOptions& opts)
       opts_(opts),
       io_(loop, [this](int ev) { on_io(ev); }),
       timer_(loop, [this](int) { finish(DialError::kTimeout, "timed out"); }),
-      kick_(loop, [this](int) {
-        kick_.stop();
-        finish(last_error_, last_message_);
-      }) {}
+      later_(loop) {}
 
 Dialer::~Dialer() = default;
 
@@ -181,14 +178,14 @@ void Dialer::begin_hop() {
     return;
   }
   const proto::Address next = hop_ + 1 < chain_.size() ? chain_[hop_ + 1].address() : target_;
-  if (chain_[hop_].scheme == proto::ProxyUri::Scheme::kSocks4a && next.is_ipv6()) {
-    finish(DialError::kAddressType, fmt::format("{}: SOCKS4A cannot carry IPv6 address {}",
-                                                chain_[hop_].to_string(), next.to_string()));
-    return;
-  }
   hs_ = std::make_unique<HopHandshake>(chain_[hop_], next);
   stage_ = Stage::kHandshake;
-  out_ = hs_->start();
+  auto first = hs_->start();
+  if (first.status == HopHandshake::Step::kError) {
+    finish(first.error, first.message);
+    return;
+  }
+  out_ = std::move(first.out);
   in_.clear();
   io_.set(fd_.get(), EV_WRITE);
   io_.start();
@@ -263,7 +260,7 @@ void Dialer::cancel() {
   stage_ = Stage::kDone;
   io_.stop();
   timer_.stop();
-  kick_.stop();
+  later_.cancel();
   query_.reset();
   fd_.reset();
   cb_ = nullptr;
@@ -274,7 +271,7 @@ void Dialer::finish(DialError err, std::string msg) {
   if (in_start_) {
     last_error_ = err;
     last_message_ = std::move(msg);
-    kick_.start();
+    later_.post([this] { finish(last_error_, last_message_); });
     return;
   }
   UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};

@@ -36,7 +36,8 @@ class Dialer {
   // owner must not destroy the Dialer inside the callback (defer it).
   using Callback = std::function<void(UniqueFd fd, DialError err, const std::string& msg)>;
 
-  // `loop`, `resolver` and `opts` must outlive the Dialer.
+  // `loop`, `resolver` and `opts` must outlive the Dialer (and so does the
+  // loop's Deferred, which the loop owns).
   Dialer(ev::Loop* loop, Resolver* resolver, const DialOptions& opts);
   ~Dialer();  // cancels whatever is in progress; the callback is not called
   Dialer(const Dialer&) = delete;
@@ -73,14 +74,16 @@ class Dialer {
   UniqueFd fd_;
   ev::Io io_;
   ev::Timer timer_;
-  ev::Idle kick_;          // delivers failures detected inside start() from the loop
-  bool in_start_ = false;  // finish() must defer to kick_
+  bool in_start_ = false;  // finish() must defer to later_
 
   size_t hop_ = 0;  // index of the hop whose handshake is running
   std::unique_ptr<HopHandshake> hs_;
   std::string out_;          // handshake bytes not yet written
   std::vector<uint8_t> in_;  // reply bytes taken while incomplete
   enum class Stage { kIdle, kResolving, kConnecting, kHandshake, kDone } stage_ = Stage::kIdle;
+  // Delivers a failure found inside start() from the loop (Deferred::of(loop),
+  // which runs even while other I/O is pending); cancelled with the Dialer.
+  ev::Deferred::Scope later_;
 };
 
 }  // namespace rs::net

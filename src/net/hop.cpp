@@ -36,21 +36,6 @@ DialError from_errno(int err) {
 HopHandshake::HopHandshake(const proto::ProxyUri& hop, proto::Address next)
     : hop_(hop), next_(std::move(next)) {}
 
-std::string HopHandshake::start() {
-  switch (hop_.scheme) {
-    case Scheme::kSocks4a:
-      stage_ = Stage::kSocks4Reply;
-      return proto::socks4a_request(next_, hop_.username);
-    case Scheme::kSocks5:
-      stage_ = Stage::kSocks5Method;
-      return proto::socks5_greeting(hop_.has_auth);
-    case Scheme::kHttp:
-      stage_ = Stage::kHttpReply;
-      return proto::http_connect_request(next_, hop_.username, hop_.password);
-  }
-  return {};
-}
-
 namespace {
 using Step = HopHandshake::Step;
 Step fail(DialError e, std::string msg) {
@@ -73,7 +58,35 @@ Step send(size_t consumed, std::string out) {
   s.out = std::move(out);
   return s;
 }
+// "socks4a hop 127.0.0.1:1081": names the hop without its credentials.
+std::string hop_name(const proto::ProxyUri& hop) {
+  return fmt::format("{} hop {}", proto::scheme_name(hop.scheme), hop.address());
+}
+// Sends a message that asks the hop to connect to `next`.
+Step send_request(const proto::ProxyUri& hop, const proto::Address& next, size_t consumed,
+                  proto::Built msg) {
+  if (!msg.ok())
+    return fail(DialError::kGeneral,
+                fmt::format("{} cannot carry {}: {}", hop_name(hop), next, msg.error));
+  return send(consumed, std::move(msg.bytes));
+}
 }  // namespace
+
+Step HopHandshake::start() {
+  switch (hop_.scheme) {
+    case Scheme::kSocks4a:
+      stage_ = Stage::kSocks4Reply;
+      return send_request(hop_, next_, 0, proto::socks4a_request(next_, hop_.username));
+    case Scheme::kSocks5:
+      stage_ = Stage::kSocks5Method;
+      return send(0, proto::socks5_greeting(hop_.has_auth));
+    case Scheme::kHttp:
+      stage_ = Stage::kHttpReply;
+      return send_request(hop_, next_, 0,
+                          proto::http_connect_request(next_, hop_.username, hop_.password));
+  }
+  return fail(DialError::kGeneral, hop_.to_string() + ": bad scheme");
+}
 
 Step HopHandshake::feed(std::span<const uint8_t> in) {
   const std::string where = hop_.to_string();
@@ -93,11 +106,15 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
       if (r.value == proto::socks5::kMethodNoAuth) {
         stage_ = Stage::kSocks5Reply;
-        return send(r.consumed, proto::socks5_request(next_));
+        return send_request(hop_, next_, r.consumed, proto::socks5_request(next_));
       }
       if (r.value == proto::socks5::kMethodPassword && hop_.has_auth) {
         stage_ = Stage::kSocks5Auth;
-        return send(r.consumed, proto::socks5_auth_request(hop_.username, hop_.password));
+        auto auth = proto::socks5_auth_request(hop_.username, hop_.password);
+        if (!auth.ok())
+          return fail(DialError::kGeneral, fmt::format("{} cannot take the credentials: {}",
+                                                       hop_name(hop_), auth.error));
+        return send(r.consumed, std::move(auth.bytes));
       }
       return fail(DialError::kNotAllowed,
                   where + (hop_.has_auth ? ": no acceptable authentication method"
@@ -109,7 +126,7 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
       if (!r.value) return fail(DialError::kNotAllowed, where + ": authentication failed");
       stage_ = Stage::kSocks5Reply;
-      return send(r.consumed, proto::socks5_request(next_));
+      return send_request(hop_, next_, r.consumed, proto::socks5_request(next_));
     }
     case Stage::kSocks5Reply: {
       auto r = proto::parse_socks5_reply(in);

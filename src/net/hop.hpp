@@ -25,8 +25,12 @@ class HopHandshake {
     std::string message = {};  // kError: what went wrong, for the log
   };
 
-  // The first bytes to send (every supported scheme speaks first).
-  std::string start();
+  // The first bytes to send (every supported scheme speaks first): kSend, or
+  // kError (DialError::kGeneral) when `next` or the hop's credentials cannot
+  // be put into this scheme's request. feed() fails the same way when a later
+  // message cannot be built, so a hop that cannot be spoken to fails at once
+  // rather than waiting for a reply to nothing.
+  Step start();
   // Feeds everything received since the last consumed byte.
   Step feed(std::span<const uint8_t> in);
 

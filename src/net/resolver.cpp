@@ -81,7 +81,7 @@ Resolver::Resolver(ev::Loop* loop, ResolverOptions opts)
     : loop_(loop),
       family_(opts.family),
       timeout_timer_(loop, [this](int) { process(ARES_SOCKET_BAD, ARES_SOCKET_BAD); }),
-      flush_timer_(loop, [this](int) { flush(); }) {
+      later_(loop) {
   // c-ares wants this once per process, before any channel; never undone.
   static const int lib_status = ares_library_init(ARES_LIB_INIT_ALL);
   if (lib_status != ARES_SUCCESS)
@@ -215,7 +215,7 @@ void Resolver::finish_later(std::shared_ptr<Request> req) {
 }
 
 void Resolver::flush_later() {
-  if (!flush_timer_.active()) flush_timer_.start(0);
+  if (later_.pending() == 0) later_.post([this] { flush(); });
 }
 
 void Resolver::flush() {

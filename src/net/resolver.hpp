@@ -1,11 +1,11 @@
 // Asynchronous name resolution: c-ares driven by the libev loop.
 //
 // A Resolver owns one c-ares channel, an ev::Io watcher per c-ares socket and
-// one ev::Timer for c-ares timeouts. resolve() hands back a Query; the callback
-// runs at most once, always later from the loop (never inside resolve()), and
-// never after the Query or the Resolver has been destroyed. Everything runs on
-// the loop thread. A callback may destroy its Query, but not the Resolver
-// (defer that, see rs::ev::Deferred).
+// one ev::Timer for c-ares timeouts; it delivers answers through the loop's
+// ev::Deferred (which the loop owns and which outlives the Resolver). resolve() hands back a Query;
+// the callback runs at most once, always later from the loop (never inside resolve()), and never
+// after the Query or the Resolver has been destroyed. Everything runs on the loop thread. A
+// callback may destroy its Query, but not the Resolver (defer that, see rs::ev::Deferred).
 #pragma once
 
 #include <cstdint>
@@ -81,11 +81,12 @@ class Resolver {
   ev::Timer timeout_timer_;
   // Work that must not happen on the current stack: finished requests whose
   // callbacks are due, and watchers of sockets c-ares closed (possibly from
-  // inside that watcher's own callback). A zero timer drains both on the next
-  // loop iteration; an idle watcher would starve while other I/O is pending.
+  // inside that watcher's own callback). One task on the loop's Deferred
+  // drains both before the loop next blocks (an idle watcher would starve
+  // while other I/O is pending); destroying the Resolver cancels it.
   std::vector<std::shared_ptr<Request>> finished_;
   std::vector<std::unique_ptr<ev::Io>> retired_;
-  ev::Timer flush_timer_;
+  ev::Deferred::Scope later_;
 };
 
 // The handle resolve() returns. Destroying it cancels delivery; c-ares may

@@ -313,8 +313,8 @@ std::string http_connect_established() {
   return "HTTP/1.1 200 Connection established\r\n\r\n";
 }
 
-std::string http_connect_request(const Address& target, std::string_view user,
-                                 std::string_view pass) {
+Built http_connect_request(const Address& target, std::string_view user, std::string_view pass) {
+  if (user.find(':') != std::string_view::npos) return build_error("user name contains ':'");
   std::string authority = target.to_string();
   std::string out = "CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\n";
   if (!user.empty()) {
@@ -322,7 +322,7 @@ std::string http_connect_request(const Address& target, std::string_view user,
     out += "Proxy-Authorization: Basic " + base64_encode(credentials) + "\r\n";
   }
   out += "\r\n";
-  return out;
+  return built(std::move(out));
 }
 
 }  // namespace rs::proto

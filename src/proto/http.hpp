@@ -105,8 +105,8 @@ std::string http_response(int status, std::string_view reason = {}, const HttpHe
 std::string http_connect_established();
 
 // A CONNECT request for an upstream HTTP proxy hop, with Proxy-Authorization
-// when `user` is not empty.
-std::string http_connect_request(const Address& target, std::string_view user,
-                                 std::string_view pass);
+// when `user` is not empty. Fails when `user` contains a ':', which Basic
+// credentials cannot carry (RFC 7617 section 2: the first ':' ends the user).
+Built http_connect_request(const Address& target, std::string_view user, std::string_view pass);
 
 }  // namespace rs::proto

@@ -59,6 +59,23 @@ Parsed<T> parse_done(size_t consumed, T value) {
   return {ParseStatus::kDone, consumed, std::move(value), {}, 0};
 }
 
+// What a client-side builder made: the message, or (bytes empty) why the
+// target or the credentials cannot be put into one. A builder never returns
+// an empty message on failure alone: the caller must look at `error`.
+struct Built {
+  std::string bytes;
+  std::string error;  // empty when the message was built
+
+  bool ok() const { return error.empty(); }
+};
+
+inline Built built(std::string bytes) {
+  return {std::move(bytes), {}};
+}
+inline Built build_error(std::string why) {
+  return {{}, std::move(why)};
+}
+
 // Forward-only cursor for binary messages. Each read fails (consuming
 // nothing) when the bytes have not arrived yet, so a parser can stop at the
 // first missing byte and report kNeedMore.

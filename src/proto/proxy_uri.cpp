@@ -2,6 +2,8 @@
 
 #include <optional>
 
+#include "proto/socks4.hpp"
+#include "proto/socks5.hpp"
 #include "proto/text.hpp"
 
 namespace rs::proto {
@@ -19,6 +21,33 @@ std::optional<ProxyUri::Scheme> parse_scheme(std::string_view s) {
 // all refused by make_address(), so no escaping is needed when printing.
 std::string host_for_uri(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+}
+
+// What the scheme's wire format cannot carry in these credentials, or "".
+std::string credential_problem(ProxyUri::Scheme scheme, std::string_view user,
+                               std::string_view pass) {
+  auto too_long = [&](std::string_view field, size_t size, size_t limit) {
+    return std::string(scheme_name(scheme)) + " " + std::string(field) + " is " +
+           std::to_string(size) + " bytes, longer than the limit of " + std::to_string(limit);
+  };
+  switch (scheme) {
+    case ProxyUri::Scheme::kSocks4a:
+      if (user.size() > socks4::kMaxString)
+        return too_long("user id", user.size(), socks4::kMaxString);
+      if (user.find('\0') != std::string_view::npos) return "socks4a user id contains a NUL byte";
+      break;
+    case ProxyUri::Scheme::kSocks5:
+      if (user.size() > socks5::kMaxCredential)
+        return too_long("user name", user.size(), socks5::kMaxCredential);
+      if (pass.size() > socks5::kMaxCredential)
+        return too_long("password", pass.size(), socks5::kMaxCredential);
+      break;
+    case ProxyUri::Scheme::kHttp:
+      // RFC 7617: the first ':' of Basic credentials ends the user name.
+      if (user.find(':') != std::string_view::npos) return "http user name contains ':'";
+      break;
+  }
+  return {};
 }
 
 }  // namespace
@@ -74,6 +103,7 @@ ProxyUriResult parse_proxy_uri(std::string_view text) {
     if (user->empty()) return fail("credentials without a user name");
     if (uri.scheme == ProxyUri::Scheme::kSocks4a && colon != std::string_view::npos)
       return fail("socks4a takes no password");
+    if (auto why = credential_problem(uri.scheme, *user, *pass); !why.empty()) return fail(why);
     uri.username = std::move(*user);
     uri.password = std::move(*pass);
     uri.has_auth = true;

@@ -18,7 +18,9 @@ namespace rs::proto {
 // host: a name, an IPv4 address or a bracketed IPv6 address.
 // port: required, 1..65535; there is no default.
 // user, password: percent-decoded; socks4a takes a user (sent as USERID) but
-// no password.
+// no password. Credentials the scheme's wire format cannot carry are refused:
+// socks5 user or password over 255 bytes (RFC 1929), socks4a user id over 255
+// bytes or with a NUL, an http user name with a ':' (RFC 7617).
 struct ProxyUri {
   enum class Scheme { kSocks4a, kSocks5, kHttp };
   Scheme scheme = Scheme::kSocks5;

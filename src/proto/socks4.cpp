@@ -1,5 +1,7 @@
 #include "proto/socks4.hpp"
 
+#include <fmt/format.h>
+
 namespace rs::proto {
 
 namespace {
@@ -69,31 +71,37 @@ std::array<uint8_t, 8> socks4_reply(uint8_t code, Ipv4 ip, uint16_t port) {
           ip[3]};
 }
 
-std::string socks4a_request(const Address& target, std::string_view userid) {
-  auto valid_cstring = [](std::string_view s) {
-    return s.size() <= socks4::kMaxString && s.find('\0') == std::string_view::npos;
+Built socks4a_request(const Address& target, std::string_view userid) {
+  // Names one problem with a NUL-terminated field, or returns "".
+  auto cstring_problem = [](std::string_view what, std::string_view s) -> std::string {
+    if (s.size() > socks4::kMaxString)
+      return fmt::format("{} longer than {} bytes", what, socks4::kMaxString);
+    if (s.find('\0') != std::string_view::npos) return fmt::format("{} contains a NUL byte", what);
+    return {};
   };
-  const auto* host = std::get_if<std::string>(&target.host);
+  if (auto why = cstring_problem("user id", userid); !why.empty()) return build_error(why);
   const auto* ip = std::get_if<Ipv4>(&target.host);
-  if (ip == nullptr && host == nullptr) return {};  // SOCKS4 cannot carry IPv6
-  if (!valid_cstring(userid)) return {};
-  // 0.0.0.x would read as a SOCKS4A marker on the other side.
-  if (ip != nullptr && is_4a_marker(*ip)) return {};
-  if (host != nullptr && (host->empty() || !valid_cstring(*host))) return {};
+  const bool plain = ip != nullptr && !is_4a_marker(*ip);
+  // Everything else is sent in the SOCKS4A form, as text.
+  const std::string host = plain ? std::string() : target.host_string();
+  if (!plain) {
+    if (host.empty()) return build_error("empty host name");
+    if (auto why = cstring_problem("host name", host); !why.empty()) return build_error(why);
+  }
 
   std::string out;
   out.push_back(static_cast<char>(socks4::kVersion));
   out.push_back(static_cast<char>(socks4::kConnect));
   put_u16(out, target.port);
-  Ipv4 dst = ip != nullptr ? *ip : Ipv4{0, 0, 0, 1};
+  Ipv4 dst = plain ? *ip : Ipv4{0, 0, 0, 1};
   out.append(reinterpret_cast<const char*>(dst.data()), dst.size());
   out.append(userid);
   out.push_back('\0');
-  if (host != nullptr) {
-    out.append(*host);
+  if (!plain) {
+    out.append(host);
     out.push_back('\0');
   }
-  return out;
+  return built(std::move(out));
 }
 
 Parsed<uint8_t> parse_socks4_reply(Bytes in) {

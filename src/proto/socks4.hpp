@@ -54,10 +54,12 @@ Parsed<Socks4Request> parse_socks4_request(Bytes in);
 std::array<uint8_t, 8> socks4_reply(uint8_t code, Ipv4 ip = {}, uint16_t port = 0);
 
 // Client side: a CONNECT request. An Ipv4 target gives plain SOCKS4, a host
-// name SOCKS4A. Returns "" when the target cannot be expressed: an Ipv6
-// address, a 0.0.0.x address (it would read as a SOCKS4A marker), or a
-// userid/host name that is empty (host), too long or contains a NUL.
-std::string socks4a_request(const Address& target, std::string_view userid);
+// name SOCKS4A. Targets SOCKS4 has no field for go as a SOCKS4A host name, in
+// text, for the server to "resolve" (as neosocksd does): an Ipv6 address, and
+// a 0.0.0.x address, which as DSTIP would read as the SOCKS4A marker. Fails
+// (naming the field) when the userid or a host name is too long or contains a
+// NUL, or the host name is empty.
+Built socks4a_request(const Address& target, std::string_view userid);
 
 // Client side: the 8-byte reply; the value is CD (socks4::kGranted on
 // success). VN should be 0, but VN 4 is accepted too because some servers echo

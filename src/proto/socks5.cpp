@@ -1,5 +1,7 @@
 #include "proto/socks5.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 namespace rs::proto {
@@ -158,13 +160,17 @@ Parsed<uint8_t> parse_method_selection(Bytes in) {
   return parse_done(r.pos(), method);
 }
 
-std::string socks5_auth_request(std::string_view username, std::string_view password) {
-  if (username.empty() || username.size() > 255 || password.size() > 255) return {};
+Built socks5_auth_request(std::string_view username, std::string_view password) {
+  if (username.empty()) return build_error("empty user name");
+  if (username.size() > socks5::kMaxCredential)
+    return build_error(fmt::format("user name longer than {} bytes", socks5::kMaxCredential));
+  if (password.size() > socks5::kMaxCredential)
+    return build_error(fmt::format("password longer than {} bytes", socks5::kMaxCredential));
   std::string out{static_cast<char>(socks5::kAuthVersion), static_cast<char>(username.size())};
   out.append(username);
   out.push_back(static_cast<char>(password.size()));
   out.append(password);
-  return out;
+  return built(std::move(out));
 }
 
 Parsed<bool> parse_auth_reply(Bytes in) {
@@ -177,10 +183,12 @@ Parsed<bool> parse_auth_reply(Bytes in) {
   return parse_done(r.pos(), status == 0);
 }
 
-std::string socks5_request(const Address& target, uint8_t command) {
+Built socks5_request(const Address& target, uint8_t command) {
   std::string out{static_cast<char>(socks5::kVersion), static_cast<char>(command), 0};
-  if (!append_socks5_address(out, target)) return {};
-  return out;
+  if (!append_socks5_address(out, target))
+    return build_error(target.host_string().empty() ? "empty host name"
+                                                    : "host name longer than 255 bytes");
+  return built(std::move(out));
 }
 
 Parsed<Socks5Reply> parse_socks5_reply(Bytes in) {

@@ -17,6 +17,8 @@ namespace rs::proto {
 namespace socks5 {
 inline constexpr uint8_t kVersion = 5;
 inline constexpr uint8_t kAuthVersion = 1;  // RFC 1929 sub-negotiation
+// Longest RFC 1929 user name or password (a one-byte length).
+inline constexpr size_t kMaxCredential = 255;
 
 // METHOD
 inline constexpr uint8_t kMethodNoAuth = 0x00;
@@ -137,14 +139,14 @@ std::string socks5_greeting(bool with_password);
 // The server's method selection; the value is METHOD, kMethodNoAcceptable
 // included (the caller decides what to do with it).
 Parsed<uint8_t> parse_method_selection(Bytes in);
-// RFC 1929 request; "" when the username is empty or either field is longer
-// than 255 bytes.
-std::string socks5_auth_request(std::string_view username, std::string_view password);
+// RFC 1929 request. Fails (naming the field) when the username is empty or
+// either field is longer than socks5::kMaxCredential bytes.
+Built socks5_auth_request(std::string_view username, std::string_view password);
 // The value is true when STATUS is 0. VER must be 1, though 5 is accepted
 // too: some servers answer with the SOCKS version.
 Parsed<bool> parse_auth_reply(Bytes in);
-// "" when the target host name is empty or longer than 255 bytes.
-std::string socks5_request(const Address& target, uint8_t command = socks5::kConnect);
+// Fails when the target host name is empty or longer than 255 bytes.
+Built socks5_request(const Address& target, uint8_t command = socks5::kConnect);
 
 struct Socks5Reply {
   uint8_t rep = 0;

@@ -1,9 +1,16 @@
 // The client side of a proxy-chain hop (net/hop.hpp): what an upstream SOCKS4A,
 // SOCKS5 or HTTP proxy answers, fed back the way the Dialer does it.
 //
-// Input: one option byte (bits 0-1: scheme socks4a, socks5, http, socks5;
-// bit 2: with credentials; bits 3-4: next address IPv4, IPv6, name, name),
-// then the proxy's bytes.
+// Input: one option byte, then the proxy's bytes. Option bits 0-1: scheme
+// socks4a, socks5, http, socks5; bit 2: with credentials; bits 5-6: which
+// (user:password, both at the 255-byte limit, a 256-byte user, a user with
+// ':' and NUL and a 256-byte password); bits 3-4 and 7: the next address
+// (IPv4, IPv6, name, name; with bit 7: 0.0.0.5, IPv4-mapped IPv6, a 255-byte
+// name, 0.0.0.255).
+//
+// A hop whose message cannot be built (credentials or a target its scheme
+// cannot carry) must fail at once, kGeneral, never send an empty message; and
+// exactly those the scheme's limits predict must fail.
 //
 // Everything the handshake sends must read back, with the server-side codec,
 // as the intended request; a step's `consumed` must exceed what an earlier
@@ -89,13 +96,29 @@ void check_send(const proto::ProxyUri& hop, const proto::Address& next, const st
   FUZZ_CHECK(r.value.command == proto::socks5::kConnect && r.value.target == next);
 }
 
+// The first message of the handshake fails, or the credentials once the
+// proxy asks for them.
+struct Unsendable {
+  bool start = false;
+  bool auth = false;
+};
+
 Transcript converse(const proto::ProxyUri& hop, const proto::Address& next, fuzz::Bytes server,
-                    const std::vector<size_t>& chunks) {
+                    const std::vector<size_t>& chunks, Unsendable unsendable) {
   Transcript t;
   HopHandshake hs(hop, next);
-  std::string first = hs.start();
-  FUZZ_CHECK(!first.empty());
-  check_start(hop, next, first);
+  auto first = hs.start();
+  FUZZ_CHECK(first.consumed == 0);
+  if (first.status == HopHandshake::Step::kError) {
+    FUZZ_CHECK(unsendable.start);
+    FUZZ_CHECK(first.error == net::DialError::kGeneral && first.out.empty());
+    FUZZ_CHECK(first.message.find(" cannot carry ") != std::string::npos);
+    t.events.push_back({first.status, 0, {}, first.error, first.message});
+    return t;
+  }
+  FUZZ_CHECK(!unsendable.start);
+  FUZZ_CHECK(first.status == HopHandshake::Step::kSend && !first.out.empty());
+  check_start(hop, next, first.out);
   std::string in;
   size_t held = 0;  // bytes shown to a need-more step, kept by the Dialer
   size_t pos = 0;
@@ -112,7 +135,10 @@ Transcript converse(const proto::ProxyUri& hop, const proto::Address& next, fuzz
       }
       t.events.push_back({s.status, s.consumed, s.out, s.error, s.message});
       if (s.status == HopHandshake::Step::kError) {
-        FUZZ_CHECK(s.error != net::DialError::kOk && !s.message.empty());
+        FUZZ_CHECK(s.error != net::DialError::kOk && !s.message.empty() && s.out.empty());
+        const bool cannot_send =
+            s.message.find(" cannot take the credentials: ") != std::string::npos;
+        FUZZ_CHECK(!cannot_send || (unsendable.auth && s.error == net::DialError::kGeneral));
         t.left = in + std::string(reinterpret_cast<const char*>(server.data() + pos),
                                   server.size() - pos);
         return t;
@@ -128,6 +154,8 @@ Transcript converse(const proto::ProxyUri& hop, const proto::Address& next, fuzz
         return t;
       }
       FUZZ_CHECK(!s.out.empty());
+      // The credentials go only when they can.
+      FUZZ_CHECK(!(unsendable.auth && s.out[0] == proto::socks5::kAuthVersion));
       check_send(hop, next, s.out);
       if (in.empty()) break;
     }
@@ -151,29 +179,75 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   hop.port = 1080;
   if (flags & 4) {
     hop.has_auth = true;
-    hop.username = "user";
-    if (hop.scheme != Scheme::kSocks4a) hop.password = "p@ss:word";
+    switch (flags >> 5 & 3) {
+      case 0:
+        hop.username = "user";
+        hop.password = "p@ss:word";
+        break;
+      case 1:  // both at RFC 1929's limit
+        hop.username = std::string(255, 'u');
+        hop.password = std::string(255, 'p');
+        break;
+      case 2:  // one byte over it
+        hop.username = std::string(256, 'u');
+        hop.password = "p";
+        break;
+      default:
+        hop.username = std::string("a:b\0c", 5);
+        hop.password = std::string(256, 'p');
+        break;
+    }
+    // parse_proxy_uri never gives socks4a a password.
+    if (hop.scheme == Scheme::kSocks4a) hop.password.clear();
   }
   proto::Address next;
-  switch (flags >> 3 & 3) {
+  switch ((flags >> 3 & 3) | (flags >> 5 & 4)) {
     case 0:
       next = proto::Address{proto::Ipv4{10, 0, 0, 1}, 80};
       break;
     case 1:
-      // SOCKS4A cannot carry IPv6: the Dialer refuses before a handshake.
-      if (hop.scheme == Scheme::kSocks4a) return 0;
       next = *proto::parse_address("[2001:db8::1]:443");
+      break;
+    case 4:  // the SOCKS4A marker's range
+      next = proto::Address{proto::Ipv4{0, 0, 0, 5}, 8000};
+      break;
+    case 5:
+      next = *proto::parse_address("[::ffff:1.2.3.4]:80");
+      break;
+    case 6:
+      next = proto::Address{std::string(255, 'n'), 1};
+      break;
+    case 7:
+      next = proto::Address{proto::Ipv4{0, 0, 0, 255}, 65535};
       break;
     default:
       next = proto::Address{std::string("example.org"), 8080};
       break;
   }
 
+  // What each scheme's wire format cannot carry, worked out from its limits.
+  Unsendable unsendable;
+  const auto& user = hop.username;
+  switch (hop.scheme) {
+    case Scheme::kSocks4a:
+      unsendable.start = user.size() > 255 || user.find('\0') != std::string::npos;
+      break;
+    case Scheme::kSocks5:
+      unsendable.auth =
+          hop.has_auth && (user.empty() || user.size() > 255 || hop.password.size() > 255);
+      break;
+    case Scheme::kHttp:
+      unsendable.start = user.find(':') != std::string::npos;
+      break;
+  }
+
   Rng rng = Rng::of(server);
-  const Transcript whole = converse(hop, next, server, fuzz::split_sizes(server.size(), 0, rng));
+  const Transcript whole =
+      converse(hop, next, server, fuzz::split_sizes(server.size(), 0, rng), unsendable);
   const int first_mode = server.size() <= 1024 ? 1 : 2;
   for (int mode = first_mode; mode <= 2; ++mode) {
-    Transcript split = converse(hop, next, server, fuzz::split_sizes(server.size(), mode, rng));
+    Transcript split =
+        converse(hop, next, server, fuzz::split_sizes(server.size(), mode, rng), unsendable);
     FUZZ_CHECK(split == whole);
   }
   return 0;

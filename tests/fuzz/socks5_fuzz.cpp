@@ -34,8 +34,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   auto auth = check_codec(parse_socks5_auth, in);
   if (auth.done()) {
-    std::string again = socks5_auth_request(auth.value.username, auth.value.password);
-    FUZZ_CHECK(!again.empty());
+    auto built = socks5_auth_request(auth.value.username, auth.value.password);
+    FUZZ_CHECK(built.ok() && !built.bytes.empty());
+    const std::string& again = built.bytes;
     auto back = parse_socks5_auth(to_bytes(again));
     FUZZ_CHECK(back.done() && back.consumed == again.size() && back.value == auth.value);
   }
@@ -47,8 +48,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (req.done()) {
     check_address(req.value.target);
-    std::string again = socks5_request(req.value.target, req.value.command);
-    FUZZ_CHECK(!again.empty());
+    auto built = socks5_request(req.value.target, req.value.command);
+    FUZZ_CHECK(built.ok() && !built.bytes.empty());
+    const std::string& again = built.bytes;
     auto back = parse_socks5_request(to_bytes(again));
     FUZZ_CHECK(back.done() && back.consumed == again.size() && back.value == req.value);
   }

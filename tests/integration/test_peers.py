@@ -8,6 +8,9 @@
   Faults            a dead hop, a silent hop (-t 1), wrong upstream credentials: the
                     protocol's error reply in time, while another client's 10 MiB
                     transfer through the same front instance completes intact
+  Socks4aNames      targets SOCKS4 has no field for (0.0.0.x, IPv6) reach a real upstream
+                    through a socks4a:// hop as SOCKS4A names, at once (they used to
+                    wait for -t); credentials a scheme cannot carry are refused at -x
   Operations        -d, -u, --reuseport, -i, --tcp-sndbuf/--tcp-rcvbuf, --help, --version
 
 The third-party peers (/usr/bin/microsocks, /usr/sbin/danted, /usr/bin/tinyproxy) are
@@ -355,6 +358,116 @@ class Faults(PeerCase):
         tp = self.start_peer(tinyproxy([self.origin.port], basic_auth=(USER, "other")))
         self.run_fault("http", self.upstream.http_port, lambda hop: hop.relay_to(tp.port),
                        0x02, "HTTP/1.1 403 Forbidden", 2.0, auth=True)
+
+
+# ---------------------------------------------------------------------------
+# Targets and credentials a hop's wire format has no field for
+# ---------------------------------------------------------------------------
+
+SOCKS4A_NAMES_RULESET = r"""
+local ruleset = {}
+-- Only the two odd targets are let through, to the origin: that they arrive
+-- here as these addresses shows how the socks4a hop sent them.
+local function decide(addr)
+    if addr == "0.0.0.5:@PORT@" or addr == "[2001:db8::5]:@PORT@" then
+        print("upstream asked for " .. addr)
+        return "127.0.0.1:@ORIGIN@"
+    end
+    return nil
+end
+ruleset.resolve, ruleset.route, ruleset.route6 = decide, decide, decide
+return ruleset
+"""
+
+
+class Socks4aNames(PeerCase):
+    """rulesocks -t 10 -x socks4a://<real rulesocks upstream>, asked for 0.0.0.5 or an IPv6
+    address by a SOCKS5, a SOCKS4A and an HTTP CONNECT client.
+
+    SOCKS4 has no field for either: 0.0.0.x as DSTIP is the SOCKS4A marker, and its DSTIP
+    is IPv4 only. The SOCKS4A request carries them as the host name, which the server
+    resolves (a numeric literal to itself). Before, the request builder returned "" for
+    both; for 0.0.0.5 the dialer then sent nothing and waited the whole -t (10 s), for
+    IPv6 it failed with REP 0x08. The upstream's ruleset sends exactly these two
+    addresses to the origin, so each client must get its success reply within 3 s
+    and then the origin's page.
+    """
+
+    PORT = 8000  # the port the clients ask for; the upstream maps it to the origin
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        import shutil
+        import tempfile
+        d = tempfile.mkdtemp(prefix="rulesocks-4a-names-")
+        cls.addClassCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "ruleset.lua")
+        with open(path, "w") as f:
+            f.write(SOCKS4A_NAMES_RULESET.replace("@PORT@", str(cls.PORT))
+                    .replace("@ORIGIN@", str(cls.origin.port)))
+        cls.upstream = cls.start_class_proxy("-r", path, name="upstream")
+        cls.front = cls.start_class_proxy("-t", "10", "-x", hop_uri("socks4a", cls.upstream.port),
+                                          http=True, name="front")
+
+    def fetch_hello(self, s):
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body, _ = read_http_response(s)
+        self.assertEqual((status, body), ("HTTP/1.1 200 OK", b"hello from origin\n"))
+
+    def run_clients(self, socks5_host, socks4a_host, authority):
+        for client in ("socks5", "socks4a", "http"):
+            with self.subTest(client=client), connect(self.front.http_port if client == "http"
+                                                      else self.front.port, timeout=15) as s:
+                t0 = time.monotonic()
+                if client == "socks5":
+                    raw, rep = socks5_handshake(s, socks5_host, self.PORT)
+                    answer = rep
+                    ok = 0
+                elif client == "socks4a":
+                    s.sendall(socks4_request(self.PORT, host=socks4a_host))
+                    raw = recv_exact(s, 8)
+                    answer = raw[1] if len(raw) == 8 else None
+                    ok = 0x5A
+                else:
+                    s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+                              .encode())
+                    answer, _, raw = read_http_head(s)
+                    ok = "HTTP/1.1 200 Connection established"
+                took = time.monotonic() - t0
+                self.assertLess(took, 3.0, f"{client}: the reply took {took:.1f} s of -t 10")
+                self.assertEqual(answer, ok, f"{client}: {raw!r}\n{self.front.log_tail()}")
+                self.fetch_hello(s)
+        self.assertIn(f"upstream asked for {socks5_host if ':' not in socks5_host else authority}",
+                      self.upstream.log_text())
+
+    def test_marker_range_ipv4_target(self):
+        """0.0.0.5 goes as SOCKS4A name "0.0.0.5"; it used to hang until -t."""
+        self.run_clients("0.0.0.5", "0.0.0.5", f"0.0.0.5:{self.PORT}")
+
+    def test_ipv6_target(self):
+        """2001:db8::5 goes as SOCKS4A name "2001:db8::5"; it used to fail with REP 0x08."""
+        self.run_clients("2001:db8::5", "2001:db8::5", f"[2001:db8::5]:{self.PORT}")
+
+
+class UncarriableCredentials(unittest.TestCase):
+    """-x with credentials the scheme's wire format cannot carry is refused at start-up,
+    naming the field and the limit (every dial through it used to wait for -t)."""
+
+    def test_refused_at_start(self):
+        for uri, why in (
+                (f"socks5://{'u' * 300}:pw@{LOOP4}:1081",
+                 "socks5 user name is 300 bytes, longer than the limit of 255"),
+                (f"socks5://u:{'p' * 256}@{LOOP4}:1081",
+                 "socks5 password is 256 bytes, longer than the limit of 255"),
+                (f"socks4a://{'u' * 256}@{LOOP4}:1081",
+                 "socks4a user id is 256 bytes, longer than the limit of 255"),
+                (f"http://a%3Ab:pw@{LOOP4}:3128", "http user name contains ':'")):
+            with self.subTest(uri=uri[:20]):
+                p = subprocess.run([BIN, "-l", f"{LOOP4}:{free_port()}", "-x", uri],
+                                   capture_output=True, text=True, timeout=10)
+                self.assertNotEqual(p.returncode, 0)
+                self.assertIn(why, p.stderr)
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,14 @@ proto::Address target(const char* text) {
   return *proto::parse_address(text);
 }
 
+// The first message, which must be built.
+std::string start(HopHandshake& hs) {
+  Step s = hs.start();
+  EXPECT_EQ(s.status, Step::kSend) << s.message;
+  EXPECT_EQ(s.consumed, 0u);
+  return s.out;
+}
+
 // Feeds `reply` one byte at a time; the hop must keep asking for more until
 // the last byte, and never consume bytes past its reply.
 Step feed_bytewise(HopHandshake& hs, const std::string& reply, const std::string& extra = {}) {
@@ -49,7 +57,7 @@ Step feed_bytewise(HopHandshake& hs, const std::string& reply, const std::string
 
 TEST(HopHandshake, Socks4aDomain) {
   HopHandshake hs(uri("socks4a://127.0.0.1:1080"), target("example.org:80"));
-  auto req = proto::parse_socks4_request(proto::to_bytes(hs.start()));
+  auto req = proto::parse_socks4_request(proto::to_bytes(start(hs)));
   ASSERT_TRUE(req.done());
   EXPECT_TRUE(req.value.is_4a);
   EXPECT_EQ(req.value.target.to_string(), "example.org:80");
@@ -58,7 +66,7 @@ TEST(HopHandshake, Socks4aDomain) {
 
 TEST(HopHandshake, Socks4Rejected) {
   HopHandshake hs(uri("socks4a://127.0.0.1:1080"), target("10.0.0.1:80"));
-  auto req = proto::parse_socks4_request(proto::to_bytes(hs.start()));
+  auto req = proto::parse_socks4_request(proto::to_bytes(start(hs)));
   ASSERT_TRUE(req.done());
   EXPECT_FALSE(req.value.is_4a);
   Step s = feed_bytewise(hs, str({0, 0x5B, 0, 0, 0, 0, 0, 0}));
@@ -68,7 +76,7 @@ TEST(HopHandshake, Socks4Rejected) {
 
 TEST(HopHandshake, Socks5NoAuth) {
   HopHandshake hs(uri("socks5://127.0.0.1:1080"), target("[::1]:443"));
-  EXPECT_EQ(hs.start(), str({5, 1, 0}));
+  EXPECT_EQ(start(hs), str({5, 1, 0}));
   Step s = feed_bytewise(hs, str({5, 0}));
   ASSERT_EQ(s.status, Step::kSend);
   auto req = proto::parse_socks5_request(proto::to_bytes(s.out));
@@ -80,7 +88,7 @@ TEST(HopHandshake, Socks5NoAuth) {
 
 TEST(HopHandshake, Socks5Password) {
   HopHandshake hs(uri("socks5://alice:s%3Acret@127.0.0.1:1080"), target("example.org:80"));
-  EXPECT_EQ(hs.start(), str({5, 2, 0, 2}));
+  EXPECT_EQ(start(hs), str({5, 2, 0, 2}));
   Step s = feed_bytewise(hs, str({5, 2}));
   ASSERT_EQ(s.status, Step::kSend);
   auto auth = proto::parse_socks5_auth(proto::to_bytes(s.out));
@@ -128,7 +136,7 @@ TEST(HopHandshake, Socks5ErrorRepsMap) {
 
 TEST(HopHandshake, HttpConnect) {
   HopHandshake hs(uri("http://u:p@127.0.0.1:8080"), target("example.org:443"));
-  auto req = proto::parse_http_request(proto::to_bytes(hs.start()));
+  auto req = proto::parse_http_request(proto::to_bytes(start(hs)));
   ASSERT_TRUE(req.done());
   EXPECT_EQ(req.value.method, "CONNECT");
   EXPECT_EQ(req.value.target, "example.org:443");
@@ -160,6 +168,86 @@ TEST(HopHandshake, GarbageReplies) {
   HopHandshake b(uri("http://127.0.0.1:1080"), target("example.org:80"));
   b.start();
   EXPECT_EQ(b.feed(proto::to_bytes(str({5, 0, 0, 0}) + "\r\n\r\n")).status, Step::kError);
+}
+
+// What SOCKS4 has no field for goes as a SOCKS4A name: 0.0.0.x as DSTIP would
+// be the 4A marker with no name after it, and used to make start() return ""
+// (so the Dialer sent nothing and waited for -t).
+TEST(HopHandshake, Socks4aCarriesMarkerAndIpv6AsNames) {
+  for (const char* next : {"0.0.0.5:8000", "[2001:db8::1]:443"}) {
+    HopHandshake hs(uri("socks4a://u@127.0.0.1:1080"), target(next));
+    std::string out = start(hs);
+    auto req = proto::parse_socks4_request(proto::to_bytes(out));
+    ASSERT_TRUE(req.done()) << next;
+    EXPECT_TRUE(req.value.is_4a) << next;
+    EXPECT_EQ(req.value.target, target(next));
+    EXPECT_EQ(req.value.userid, "u");
+    EXPECT_EQ(feed_bytewise(hs, str({0, 0x5A, 0, 0, 0, 0, 0, 0})).status, Step::kDone);
+  }
+}
+
+// A ProxyUri built by hand (parse_proxy_uri refuses these) whose request
+// cannot be built: the handshake fails at once, naming the hop and the reason,
+// instead of sending nothing and waiting for a reply.
+proto::ProxyUri hand_built(proto::ProxyUri::Scheme scheme, std::string user, std::string pass) {
+  proto::ProxyUri hop;
+  hop.scheme = scheme;
+  hop.host = "127.0.0.1";
+  hop.port = 1081;
+  hop.username = std::move(user);
+  hop.password = std::move(pass);
+  hop.has_auth = true;
+  return hop;
+}
+
+void expect_fails_at_once(const Step& s, std::string_view why) {
+  EXPECT_EQ(s.status, Step::kError);
+  EXPECT_EQ(s.error, DialError::kGeneral);
+  EXPECT_TRUE(s.out.empty());
+  EXPECT_EQ(s.message, why);
+}
+
+TEST(HopHandshake, Socks4aUnsendableUseridFailsAtOnce) {
+  using Scheme = proto::ProxyUri::Scheme;
+  HopHandshake a(hand_built(Scheme::kSocks4a, std::string(256, 'u'), ""), target("10.0.0.1:80"));
+  expect_fails_at_once(a.start(),
+                       "socks4a hop 127.0.0.1:1081 cannot carry 10.0.0.1:80: user id longer than "
+                       "255 bytes");
+  HopHandshake b(hand_built(Scheme::kSocks4a, std::string("a\0b", 3), ""), target("0.0.0.5:80"));
+  expect_fails_at_once(
+      b.start(), "socks4a hop 127.0.0.1:1081 cannot carry 0.0.0.5:80: user id contains a NUL byte");
+}
+
+TEST(HopHandshake, Socks5OverLongCredentialsFailAtOnce) {
+  using Scheme = proto::ProxyUri::Scheme;
+  for (auto [user, pass, why] :
+       {std::tuple{std::string(256, 'u'), std::string("p"), "user name longer than 255 bytes"},
+        {std::string("u"), std::string(300, 'p'), "password longer than 255 bytes"},
+        {std::string(), std::string("p"), "empty user name"}}) {
+    HopHandshake hs(hand_built(Scheme::kSocks5, user, pass), target("example.org:80"));
+    EXPECT_EQ(start(hs), str({5, 2, 0, 2}));
+    // The proxy picks username/password: there is nothing we can send.
+    expect_fails_at_once(
+        feed_bytewise(hs, str({5, 2})),
+        std::string("socks5 hop 127.0.0.1:1081 cannot take the credentials: ") + why);
+  }
+}
+
+TEST(HopHandshake, Socks5UnsendableTargetFailsAtOnce) {
+  HopHandshake hs(uri("socks5://127.0.0.1:1081"),
+                  proto::Address{std::string(256, 'n'), 80});  // only by hand
+  start(hs);
+  Step s = feed_bytewise(hs, str({5, 0}));
+  EXPECT_EQ(s.status, Step::kError);
+  EXPECT_EQ(s.error, DialError::kGeneral);
+  EXPECT_NE(s.message.find("socks5 hop 127.0.0.1:1081 cannot carry "), std::string::npos);
+  EXPECT_NE(s.message.find(": host name longer than 255 bytes"), std::string::npos);
+}
+
+TEST(HopHandshake, HttpUserWithColonFailsAtOnce) {
+  HopHandshake hs(hand_built(proto::ProxyUri::Scheme::kHttp, "a:b", "c"), target("[::1]:443"));
+  expect_fails_at_once(hs.start(),
+                       "http hop 127.0.0.1:1081 cannot carry [::1]:443: user name contains ':'");
 }
 
 }  // namespace

@@ -270,10 +270,10 @@ TEST(HttpBuild, StatusReasons) {
 }
 
 TEST(HttpBuild, ConnectRequest) {
-  EXPECT_EQ(http_connect_request(Address{std::string("example.org"), 443}, "", "ignored"),
+  EXPECT_EQ(http_connect_request(Address{std::string("example.org"), 443}, "", "ignored").bytes,
             "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n");
-  auto head = expect_message(parse_request,
-                             http_connect_request(*parse_address("[::1]:8443"), "user", "p:w"));
+  auto head = expect_message(
+      parse_request, http_connect_request(*parse_address("[::1]:8443"), "user", "p:w").bytes);
   EXPECT_EQ(head.method, "CONNECT");
   EXPECT_EQ(head.target, "[::1]:8443");
   EXPECT_EQ(head.header("Host"), "[::1]:8443");
@@ -282,6 +282,15 @@ TEST(HttpBuild, ConnectRequest) {
   EXPECT_EQ(auth->first, "user");
   EXPECT_EQ(auth->second, "p:w");
   EXPECT_EQ(parse_address(head.target), parse_address("[::1]:8443"));
+}
+
+// Basic credentials end the user name at the first ':', so such a name would
+// reach the proxy as a different user.
+TEST(HttpBuild, ConnectRequestRefusesAUserWithAColon) {
+  auto msg = http_connect_request(Address{std::string("example.org"), 443}, "a:b", "c");
+  EXPECT_FALSE(msg.ok());
+  EXPECT_EQ(msg.bytes, "");
+  EXPECT_EQ(msg.error, "user name contains ':'");
 }
 
 // ---- Helpers ----

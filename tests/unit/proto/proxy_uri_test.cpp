@@ -121,6 +121,28 @@ TEST(ProxyUri, BadCredentials) {
   expect_fails("socks4://u:@h:1080", "no password");
 }
 
+// Credentials the scheme cannot put on the wire are refused here, naming the
+// field and the limit, rather than making every dial through the hop fail.
+TEST(ProxyUri, CredentialsTheSchemeCannotCarry) {
+  const std::string u255(255, 'u'), u256(256, 'u');
+  EXPECT_EQ(parse_ok("socks5://" + u255 + ":" + std::string(255, 'p') + "@h:1").username, u255);
+  expect_fails("socks5://" + u256 + "@h:1",
+               "socks5 user name is 256 bytes, longer than the limit of 255");
+  expect_fails("socks5://u:" + std::string(300, 'p') + "@h:1",
+               "socks5 password is 300 bytes, longer than the limit of 255");
+  // The limit applies to the decoded text: "%75" is one byte.
+  std::string escaped;
+  for (int i = 0; i < 256; ++i) escaped += "%75";
+  expect_fails("socks5://" + escaped + "@h:1", "user name is 256 bytes");
+  EXPECT_EQ(parse_ok("socks4a://" + u255 + "@h:1").username, u255);
+  expect_fails("socks4a://" + u256 + "@h:1",
+               "socks4a user id is 256 bytes, longer than the limit of 255");
+  expect_fails("socks4a://a%00b@h:1", "socks4a user id contains a NUL byte");
+  expect_fails("http://a%3Ab:pw@h:1", "http user name contains ':'");
+  // An http password may hold ':' and be long: Basic credentials have no limit.
+  EXPECT_EQ(parse_ok("http://u:" + std::string(300, ':') + "@h:1").password.size(), 300u);
+}
+
 TEST(ProxyUri, ErrorsNeverQuoteThePassword) {
   for (const char* text :
        {"socks5://u:hunter2@h", "socks5://u:hunter2@h:0", "socks5://u:hunter2@[zz]:1",

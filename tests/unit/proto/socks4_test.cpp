@@ -125,36 +125,58 @@ TEST(Socks4Reply, Build) {
 
 TEST(Socks4Client, RequestForIpv4IsPlainSocks4) {
   auto msg = socks4a_request(Address{Ipv4{1, 2, 3, 4}, 80}, "id");
-  EXPECT_EQ(msg, raw({4, 1, 0, 80, 1, 2, 3, 4}) + "id" + raw({0}));
+  EXPECT_EQ(msg.bytes, raw({4, 1, 0, 80, 1, 2, 3, 4}) + "id" + raw({0}));
+  EXPECT_TRUE(msg.ok());
 }
 
 TEST(Socks4Client, RequestForNameIsSocks4a) {
   auto msg = socks4a_request(Address{std::string("example.org"), 443}, "");
-  EXPECT_EQ(msg, raw({4, 1, 1, 0xbb, 0, 0, 0, 1, 0}) + "example.org" + raw({0}));
+  EXPECT_EQ(msg.bytes, raw({4, 1, 1, 0xbb, 0, 0, 0, 1, 0}) + "example.org" + raw({0}));
 }
 
+// SOCKS4 has no field for these; SOCKS4A's host name (which the server
+// resolves, and a numeric literal resolves to itself) carries them.
+TEST(Socks4Client, AddressesWithoutASocks4FieldGoAsSocks4aNames) {
+  // As DSTIP, 0.0.0.9 would be the SOCKS4A marker with no name after it.
+  EXPECT_EQ(socks4a_request(Address{Ipv4{0, 0, 0, 9}, 80}, "").bytes,
+            raw({4, 1, 0, 80, 0, 0, 0, 1, 0}) + "0.0.0.9" + raw({0}));
+  EXPECT_EQ(socks4a_request(*parse_address("[2001:db8::1]:80"), "id").bytes,
+            raw({4, 1, 0, 80, 0, 0, 0, 1}) + "id" + raw({0}) + "2001:db8::1" + raw({0}));
+}
+
+// Each failure names the field; the message is never empty bytes alone.
 TEST(Socks4Client, RequestsThatCannotBeExpressed) {
-  EXPECT_EQ(socks4a_request(*parse_address("[::1]:80"), ""), "");
-  EXPECT_EQ(socks4a_request(Address{Ipv4{0, 0, 0, 9}, 80}, ""), "");
-  EXPECT_EQ(socks4a_request(Address{std::string(""), 80}, ""), "");
-  EXPECT_EQ(socks4a_request(Address{std::string(256, 'h'), 80}, ""), "");
-  EXPECT_EQ(socks4a_request(Address{std::string("a\0b", 3), 80}, ""), "");
-  EXPECT_EQ(socks4a_request(Address{Ipv4{1, 2, 3, 4}, 80}, std::string(256, 'u')), "");
-  EXPECT_EQ(socks4a_request(Address{Ipv4{1, 2, 3, 4}, 80}, std::string("a\0b", 3)), "");
+  auto expect_refused = [](const Address& target, const std::string& id, std::string_view why) {
+    auto msg = socks4a_request(target, id);
+    EXPECT_FALSE(msg.ok()) << target.to_string();
+    EXPECT_EQ(msg.bytes, "");
+    EXPECT_EQ(msg.error, why) << target.to_string();
+  };
+  expect_refused(Address{std::string(""), 80}, "", "empty host name");
+  expect_refused(Address{std::string(256, 'h'), 80}, "", "host name longer than 255 bytes");
+  expect_refused(Address{std::string("a\0b", 3), 80}, "", "host name contains a NUL byte");
+  expect_refused(Address{Ipv4{1, 2, 3, 4}, 80}, std::string(256, 'u'),
+                 "user id longer than 255 bytes");
+  expect_refused(Address{Ipv4{1, 2, 3, 4}, 80}, std::string("a\0b", 3),
+                 "user id contains a NUL byte");
 }
 
 TEST(Socks4Client, RoundTrip) {
   for (const Address& target :
-       {Address{Ipv4{8, 8, 8, 8}, 53}, Address{Ipv4{0, 0, 0, 0}, 1},
-        Address{std::string("example.org"), 65535}, Address{std::string(255, 'x'), 1}}) {
+       {Address{Ipv4{8, 8, 8, 8}, 53}, Address{Ipv4{0, 0, 0, 0}, 1}, Address{Ipv4{0, 0, 0, 5}, 1},
+        Address{Ipv4{0, 0, 0, 255}, 2}, *parse_address("[::1]:80"),
+        *parse_address("[::ffff:1.2.3.4]:80"), Address{std::string("example.org"), 65535},
+        Address{std::string(255, 'x'), 1}}) {
     for (const std::string& id : std::vector<std::string>{"", "user", std::string(255, 'u')}) {
       auto msg = socks4a_request(target, id);
-      ASSERT_FALSE(msg.empty()) << target.to_string();
-      auto req = expect_message(parse_request, msg);
+      ASSERT_TRUE(msg.ok()) << target.to_string() << ": " << msg.error;
+      auto req = expect_message(parse_request, msg.bytes);
       EXPECT_EQ(req.command, socks4::kConnect);
       EXPECT_EQ(req.target, target);
       EXPECT_EQ(req.userid, id);
-      EXPECT_EQ(req.is_4a, target.is_domain());
+      const bool marker = target.is_ipv4() && target.host_string().starts_with("0.0.0.") &&
+                          target.host_string() != "0.0.0.0";
+      EXPECT_EQ(req.is_4a, !target.is_ipv4() || marker) << target.to_string();
     }
   }
 }
@@ -176,16 +198,16 @@ TEST(Socks4Client, ParseReplyBadVersion) {
 
 TEST(Socks4Fuzz, Request) {
   test::fuzz(parse_request,
-             {socks4a_request(Address{Ipv4{1, 2, 3, 4}, 80}, "id"),
-              socks4a_request(Address{std::string("example.org"), 443}, "user"),
+             {socks4a_request(Address{Ipv4{1, 2, 3, 4}, 80}, "id").bytes,
+              socks4a_request(Address{std::string("example.org"), 443}, "user").bytes,
               raw({4, 1, 0, 80, 0, 0, 0, 1, 0, 0})},
              4);
 }
 
 TEST(Socks4Fuzz, RequestNearLimits) {
   test::fuzz(parse_request,
-             {socks4a_request(Address{std::string(255, 'h'), 1}, std::string(255, 'u'))}, 44, 300,
-             600);
+             {socks4a_request(Address{std::string(255, 'h'), 1}, std::string(255, 'u')).bytes}, 44,
+             300, 600);
 }
 
 TEST(Socks4Fuzz, Reply) {

@@ -181,25 +181,30 @@ TEST(Socks5Request, ClientBuilderRoundTrip) {
        {Address{Ipv4{1, 2, 3, 4}, 80}, Address{Ipv4{255, 255, 255, 255}, 65535}, v6_loopback(0),
         Address{std::string("example.org"), 443}, Address{std::string(255, 'n'), 1}}) {
     auto msg = socks5_request(target);
-    ASSERT_FALSE(msg.empty()) << target.to_string();
-    auto r = expect_message(parse_request, msg);
+    ASSERT_TRUE(msg.ok()) << target.to_string();
+    auto r = expect_message(parse_request, msg.bytes);
     EXPECT_EQ(r.command, socks5::kConnect);
     EXPECT_EQ(r.target, target);
   }
-  EXPECT_EQ(expect_message(parse_request, socks5_request(Address{}, socks5::kUdpAssociate)).command,
-            socks5::kUdpAssociate);
+  EXPECT_EQ(
+      expect_message(parse_request, socks5_request(Address{}, socks5::kUdpAssociate).bytes).command,
+      socks5::kUdpAssociate);
 }
 
 TEST(Socks5Request, BuilderRefusesUnsendableNames) {
-  EXPECT_EQ(socks5_request(Address{std::string(), 80}), "");
-  EXPECT_EQ(socks5_request(Address{std::string(256, 'n'), 80}), "");
+  EXPECT_EQ(socks5_request(Address{std::string(), 80}).error, "empty host name");
+  EXPECT_EQ(socks5_request(Address{std::string(256, 'n'), 80}).error,
+            "host name longer than 255 bytes");
+  EXPECT_EQ(socks5_request(Address{std::string(256, 'n'), 80}).bytes, "");
 }
 
 TEST(Socks5Request, BuilderBytes) {
-  EXPECT_EQ(socks5_request(Address{std::string("a.b"), 0x1234}),
+  EXPECT_EQ(socks5_request(Address{std::string("a.b"), 0x1234}).bytes,
             raw({5, 1, 0, 3, 3, 'a', '.', 'b', 0x12, 0x34}));
-  EXPECT_EQ(socks5_request(Address{Ipv4{1, 2, 3, 4}, 80}), raw({5, 1, 0, 1, 1, 2, 3, 4, 0, 80}));
-  EXPECT_EQ(socks5_request(v6_loopback(80)), raw({5, 1, 0, 4}) + kV6LoopbackBytes + raw({0, 80}));
+  EXPECT_EQ(socks5_request(Address{Ipv4{1, 2, 3, 4}, 80}).bytes,
+            raw({5, 1, 0, 1, 1, 2, 3, 4, 0, 80}));
+  EXPECT_EQ(socks5_request(v6_loopback(80)).bytes,
+            raw({5, 1, 0, 4}) + kV6LoopbackBytes + raw({0, 80}));
 }
 
 // ---- Address alone ----
@@ -284,17 +289,20 @@ TEST(Socks5Client, AuthRequestRoundTrip) {
   for (auto [user, pass] : std::vector<std::pair<std::string, std::string>>{
            {"u", ""}, {"user", "pass:word"}, {std::string(255, 'u'), std::string(255, 'p')}}) {
     auto msg = socks5_auth_request(user, pass);
-    ASSERT_FALSE(msg.empty());
-    auto a = expect_message(parse_auth, msg);
+    ASSERT_TRUE(msg.ok());
+    auto a = expect_message(parse_auth, msg.bytes);
     EXPECT_EQ(a.username, user);
     EXPECT_EQ(a.password, pass);
   }
 }
 
 TEST(Socks5Client, AuthRequestRefusesUnsendable) {
-  EXPECT_EQ(socks5_auth_request("", "p"), "");
-  EXPECT_EQ(socks5_auth_request(std::string(256, 'u'), "p"), "");
-  EXPECT_EQ(socks5_auth_request("u", std::string(256, 'p')), "");
+  EXPECT_EQ(socks5_auth_request("", "p").error, "empty user name");
+  EXPECT_EQ(socks5_auth_request(std::string(256, 'u'), "p").error,
+            "user name longer than 255 bytes");
+  EXPECT_EQ(socks5_auth_request("u", std::string(256, 'p')).error,
+            "password longer than 255 bytes");
+  EXPECT_EQ(socks5_auth_request("u", std::string(256, 'p')).bytes, "");
 }
 
 TEST(Socks5Client, AuthReply) {
@@ -313,14 +321,15 @@ TEST(Socks5Fuzz, Greeting) {
 }
 
 TEST(Socks5Fuzz, Auth) {
-  test::fuzz(parse_auth, {socks5_auth_request("user", "password")}, 52);
+  test::fuzz(parse_auth, {socks5_auth_request("user", "password").bytes}, 52);
 }
 
 TEST(Socks5Fuzz, Request) {
-  test::fuzz(parse_request,
-             {socks5_request(Address{Ipv4{1, 2, 3, 4}, 80}), socks5_request(v6_loopback(443)),
-              socks5_request(Address{std::string("example.org"), 443})},
-             53);
+  test::fuzz(
+      parse_request,
+      {socks5_request(Address{Ipv4{1, 2, 3, 4}, 80}).bytes, socks5_request(v6_loopback(443)).bytes,
+       socks5_request(Address{std::string("example.org"), 443}).bytes},
+      53);
 }
 
 TEST(Socks5Fuzz, ClientSide) {
