@@ -74,7 +74,8 @@ Server::Server(ev::Loop* loop, const Config& cfg)
 
   if (!cfg.proxy.empty()) {
     auto list = proto::parse_proxy_list(cfg.proxy);
-    if (!list.ok()) throw std::runtime_error("-x " + cfg.proxy + ": " + list.error);
+    // The message names the entry by position: the text may hold credentials.
+    if (!list.ok()) throw std::runtime_error("-x: " + list.error);
     chain_ = std::move(list.proxies);
   }
   if (cfg.forward == ":") {

@@ -468,6 +468,9 @@ class UncarriableCredentials(unittest.TestCase):
                                    capture_output=True, text=True, timeout=10)
                 self.assertNotEqual(p.returncode, 0)
                 self.assertIn(why, p.stderr)
+                # The refusal names the problem, never the credentials themselves.
+                userinfo = uri.split("://", 1)[1].rsplit("@", 1)[0]
+                self.assertNotIn(userinfo, p.stderr)
 
 
 # ---------------------------------------------------------------------------
