@@ -130,7 +130,8 @@ std::optional<Decision> decide(Outcome out, std::string* why) {
   for (size_t i = v.size() - 1; i >= 1; --i) {
     auto uri = proto::parse_proxy_uri(v[i].str);
     if (!uri.ok()) {
-      *why = fmt::format("bad ruleset result: proxy \"{}\": {}", v[i].str, uri.error);
+      // By position: the URI's text may carry credentials, and `why` is logged.
+      *why = fmt::format("bad ruleset result: value #{} is not a proxy URI: {}", i + 1, uri.error);
       return std::nullopt;
     }
     d.chain.push_back(std::move(uri.uri));

@@ -106,6 +106,19 @@ TEST_F(EngineTest, GarbageReturnsReject) {
   EXPECT_TRUE(route("ok:1").decision);
 }
 
+// A proxy URI the ruleset got wrong is named by its position: its text may
+// carry credentials, and the reason ends up in the logs.
+TEST_F(EngineTest, BadProxyIsNamedWithoutItsCredentials) {
+  make();
+  load(R"(return { resolve = function(addr)
+    return "x:1", "socks5://alice:s3cret@127.0.0.1:99999", "http://127.0.0.1:3128"
+  end })");
+  auto r = route("any:1");
+  ASSERT_FALSE(r.decision);
+  EXPECT_NE(r.error.find("value #2"), std::string::npos) << r.error;
+  EXPECT_EQ(r.error.find("s3cret"), std::string::npos) << r.error;
+}
+
 TEST_F(EngineTest, MissingCallbackOrRulesetRejects) {
   make();
   auto none = route("a:1");
