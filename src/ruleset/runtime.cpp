@@ -291,7 +291,7 @@ RpcTarget parse_rpc_target(lua_State* L, int first, int last, const char* who) {
     auto uri = proto::parse_proxy_uri(text(i));
     if (!uri.ok()) {
       throw std::invalid_argument(
-          fmt::format("{}: invalid proxy \"{}\": {}", who, text(i), uri.error));
+          fmt::format("{}: invalid proxy (argument #{}): {}", who, i, uri.error));
     }
     t.chain.push_back(std::move(uri.uri));
   }

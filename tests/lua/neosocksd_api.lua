@@ -160,6 +160,9 @@ case("invoke (fire and forget)", function()
     raises("bad argument", neosocksd.invoke, "return 1", "x:1", {})
     raises("invalid address", neosocksd.invoke, "return 1", "no port here")
     raises("invalid proxy", neosocksd.invoke, "return 1", "x:1", "gopher://127.0.0.1:1")
+    -- named by position, never by its text: it may hold credentials
+    local ok, err = pcall(neosocksd.invoke, "return 1", "x:1", "socks5://u:s3cret@h:0")
+    assert(not ok and err:find("argument #3", 1, true) and not err:find("s3cret", 1, true), err)
     local api = neosocksd.config().api
     if not api then return end -- no API server: nothing to call
     _G.invoked = nil
