@@ -71,15 +71,14 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("URI[,URI...]");
   app.add_option("--api", c.api, "serve the RESTful API on ADDR (keep it on loopback)")
       ->type_name("ADDR");
-  auto* key_opt = app.add_option("--api-key", c.api_key,
-                                 "require this key on the API (Authorization: Bearer KEY or "
-                                 "X-API-Key: KEY) and send it on RPC calls")
-                      ->type_name("KEY");
+  app.add_option("--api-key", c.api_key,
+                 "require this key on the API (Authorization: Bearer KEY or "
+                 "X-API-Key: KEY) and send it on RPC calls")
+      ->type_name("KEY");
   std::string key_file;
   app.add_option("--api-key-file", key_file,
                  "as --api-key, with the key on the first line of FILE (mode 600 or stricter)")
-      ->type_name("FILE")
-      ->excludes(key_opt);
+      ->type_name("FILE");
   app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
       ->type_name("FILE");
   app.add_flag_function(
@@ -157,6 +156,10 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       return 2;
     }
     c.max_startups = *m;
+  }
+  if (!key_file.empty() && !c.api_key.empty()) {
+    std::fprintf(stderr, "give --api-key or --api-key-file, not both\n");
+    return 2;
   }
   if (!key_file.empty()) {
     auto key = read_key_file(key_file);
