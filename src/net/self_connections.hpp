@@ -45,15 +45,19 @@ class SelfConnections {
   bool add(const SockAddr& local);
 
   // For the API: whether `peer` is one of our own connections.
-  bool contains(const SockAddr& peer) const { return entries_.count(peer.to_string()) != 0; }
+  bool contains(const SockAddr& peer) const { return entries_.count(key_of(peer)) != 0; }
   // For the API: its connection from `peer` has closed.
-  void forget(const SockAddr& peer) { entries_.erase(peer.to_string()); }
+  void forget(const SockAddr& peer) { entries_.erase(key_of(peer)); }
   size_t size() const { return entries_.size(); }
 
  private:
+  // The address as text, an IPv4-mapped IPv6 one as IPv4: a dual-stack API
+  // sees our IPv4 socket's 127.0.0.1:P as [::ffff:127.0.0.1]:P.
+  static std::string key_of(const SockAddr& sa);
+
   size_t capacity_;
   std::vector<SockAddr> watched_;
-  std::unordered_set<std::string> entries_;  // local addresses, SockAddr::to_string()
+  std::unordered_set<std::string> entries_;  // local addresses, key_of()
 };
 
 }  // namespace rs::net

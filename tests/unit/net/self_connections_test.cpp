@@ -44,6 +44,16 @@ TEST(SelfConnectionsTest, AddContainsForget) {
   reg.forget(b);  // unknown: nothing happens
 }
 
+// A dual-stack API sees our IPv4 socket as an IPv4-mapped IPv6 peer.
+TEST(SelfConnectionsTest, MappedPeersMatchTheirIpv4Address) {
+  SelfConnections reg;
+  EXPECT_TRUE(reg.add(at("127.0.0.1:40000")));
+  EXPECT_TRUE(reg.contains(at("[::ffff:127.0.0.1]:40000")));
+  EXPECT_FALSE(reg.contains(at("[::ffff:127.0.0.1]:40001")));
+  reg.forget(at("[::ffff:127.0.0.1]:40000"));
+  EXPECT_EQ(reg.size(), 0u);
+}
+
 TEST(SelfConnectionsTest, BoundedAndFailSafe) {
   SelfConnections reg(2);
   EXPECT_TRUE(reg.add(at("127.0.0.1:1")));
