@@ -9,6 +9,15 @@ namespace {
 // One log line a second at most: a client guessing keys must not flood the log.
 constexpr double kLogInterval = 1.0;
 
+// The request's method or path as a log shows it: short, printable ASCII.
+std::string loggable(std::string_view s) {
+  constexpr size_t kMax = 80;
+  std::string out;
+  for (char c : s.substr(0, kMax)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  if (s.size() > kMax) out += "...";
+  return out;
+}
+
 }  // namespace
 
 bool constant_time_equal(std::string_view presented, std::string_view key) {
@@ -89,9 +98,9 @@ void Access::note(const net::SockAddr& peer, std::string_view method, std::strin
   last_log_ = now;
   if (suppressed_ > 0) {
     log::warning("api {}: unauthorized {} {}: {} ({} more suppressed since the last line)", peer,
-                 method, path, why, suppressed_);
+                 loggable(method), loggable(path), why, suppressed_);
   } else {
-    log::warning("api {}: unauthorized {} {}: {}", peer, method, path, why);
+    log::warning("api {}: unauthorized {} {}: {}", peer, loggable(method), loggable(path), why);
   }
   suppressed_ = 0;
 }
