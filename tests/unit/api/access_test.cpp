@@ -71,12 +71,34 @@ TEST(ValidApiKeyTest, VisibleAsciiOnly) {
 class AccessTest : public ApiFixture {
  protected:
   void SetUp() override {}
-  void start(std::string key, bool exposed) {
+  void start(std::string key, bool exposed, bool with_engine = false) {
     ApiOptions opts;
     opts.access.key = std::move(key);
     opts.access.exposed_listeners = exposed;
     opts.self = &reg_;
-    start_server(opts, false);
+    start_server(opts, with_engine);
+  }
+  // rpc_call with `key` to our server; waits for its callback.
+  std::pair<bool, std::string> rpc_with(const std::string& key) {
+    auto done = std::make_shared<std::promise<std::pair<bool, std::string>>>();
+    auto fut = done->get_future();
+    std::unique_ptr<Cancellable> handle;
+    loop_.call([&] {
+      net::DialOptions opts;
+      opts.timeout = 5;
+      handle = rpc_call(
+          loop_.loop(), nullptr, opts, "return 7", addr_.to_address(), {},
+          [done](bool ok, std::string body) {
+            done->set_value({ok, std::move(body)});
+          },
+          key);
+    });
+    if (fut.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      loop_.call([&] { handle.reset(); });
+      return {false, "no callback"};
+    }
+    loop_.call([&] { handle.reset(); });
+    return fut.get();
   }
   void record(const net::SockAddr& local) {
     loop_.call([&] { reg_.add(local); });
@@ -228,6 +250,19 @@ TEST_F(AccessTest, ProxiedWithAKeyNeedsTheKey) {
   r = send_on(fd.get(), test::get("/stats"));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 401);
+}
+
+TEST_F(AccessTest, RpcCallSendsTheKey) {
+  start(kKey, false, true);
+  auto [ok, body] = rpc_with(kKey);
+  EXPECT_TRUE(ok) << body;
+  EXPECT_EQ(body, "return true,7");
+  std::tie(ok, body) = rpc_with("wrong");
+  EXPECT_FALSE(ok);
+  EXPECT_NE(body.find("HTTP 401"), std::string::npos) << body;
+  std::tie(ok, body) = rpc_with("");
+  EXPECT_FALSE(ok);
+  EXPECT_NE(body.find("401"), std::string::npos) << body;
 }
 
 }  // namespace
