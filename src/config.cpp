@@ -1,7 +1,12 @@
 #include "config.hpp"
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 
 #include "version.hpp"
 
@@ -14,6 +19,31 @@ std::optional<MaxStartups> parse_max_startups(const std::string& s) {
   if (std::sscanf(s.c_str(), "%u:%u:%u%c", &m.start, &m.rate, &m.full, &tail) != 3) return {};
   if (m.rate > 100 || m.full < m.start || m.full == 0) return {};
   return m;
+}
+
+// The first line of `path`, refused (nullopt, message printed) when group or
+// others may read it: a key anyone on the host can read protects nothing.
+std::optional<std::string> read_key_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    std::fprintf(stderr, "--api-key-file %s: %s\n", path.c_str(), std::strerror(errno));
+    return std::nullopt;
+  }
+  if ((st.st_mode & 077) != 0) {
+    std::fprintf(stderr,
+                 "--api-key-file %s: mode %04o lets group or others read the key; "
+                 "chmod 600 it\n",
+                 path.c_str(), static_cast<unsigned>(st.st_mode & 07777));
+    return std::nullopt;
+  }
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) {
+    std::fprintf(stderr, "--api-key-file %s: cannot read a first line\n", path.c_str());
+    return std::nullopt;
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
 }
 
 }  // namespace
@@ -41,6 +71,14 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("URI[,URI...]");
   app.add_option("--api", c.api, "serve the RESTful API on ADDR (keep it on loopback)")
       ->type_name("ADDR");
+  app.add_option("--api-key", c.api_key,
+                 "require this key on the API (Authorization: Bearer KEY or "
+                 "X-API-Key: KEY) and send it on RPC calls")
+      ->type_name("KEY");
+  std::string key_file;
+  app.add_option("--api-key-file", key_file,
+                 "as --api-key, with the key on the first line of FILE (mode 600 or stricter)")
+      ->type_name("FILE");
   app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
       ->type_name("FILE");
   app.add_flag_function(
@@ -118,6 +156,27 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       return 2;
     }
     c.max_startups = *m;
+  }
+  if (!key_file.empty() && !c.api_key.empty()) {
+    std::fprintf(stderr, "give --api-key or --api-key-file, not both\n");
+    return 2;
+  }
+  if (!key_file.empty()) {
+    auto key = read_key_file(key_file);
+    if (!key) return 2;
+    c.api_key = std::move(*key);
+  }
+  for (char ch : c.api_key) {
+    // Sent as it is in an Authorization header: visible ASCII only.
+    if (ch < 0x21 || ch > 0x7e) {
+      std::fprintf(stderr, "%s: the key may hold visible ASCII characters only (no spaces)\n",
+                   key_file.empty() ? "--api-key" : key_file.c_str());
+      return 2;
+    }
+  }
+  if (!key_file.empty() && c.api_key.empty()) {
+    std::fprintf(stderr, "--api-key-file %s: the first line is empty\n", key_file.c_str());
+    return 2;
   }
   if (c.listen.empty() && c.http_listen.empty() && c.api.empty()) {
     std::fprintf(stderr,

@@ -22,7 +22,10 @@ struct Config {
   std::string forward;                   // -f: TCP forwarding target (":": the ruleset picks)
   std::string proxy;                     // -x: comma separated chain, first hop first
   std::string api;                       // --api ADDR
-  std::string ruleset;                   // -r FILE
+  // --api-key KEY or the first line of --api-key-file FILE; empty: none. A
+  // secret: never logged, never shown to Lua (neosocksd.config()).
+  std::string api_key;
+  std::string ruleset;  // -r FILE
   std::string nameserver;
   std::string netdev;  // -i: bind outbound sockets to a device
   std::string user;    // -u user[:group]

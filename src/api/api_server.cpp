@@ -44,6 +44,7 @@ ApiServer::ApiServer(ev::Loop* loop, const net::SockAddr& listen, ApiBackend& ba
       limits_(limits_of(opts)),
       deferred_(loop),
       endpoints_(loop, backend, opts.started > 0 ? opts.started : ev_now(loop)),
+      access_(loop, backend, opts.self, opts.access),
       acceptor_(
           loop, listen,
           {.name = "api", .backlog = 128, .reuseport = false, .tune = nodelay, .refused = {}},
@@ -70,14 +71,16 @@ void ApiServer::on_accept(UniqueFd client, const net::SockAddr& from) {
     reject(std::move(client), from);
     return;
   }
-  auto conn = std::make_unique<ApiConnection>(loop_, std::move(client), from, limits_, endpoints_,
-                                              deferred_, [this](ApiConnection* c) { closed(c); });
+  auto conn =
+      std::make_unique<ApiConnection>(loop_, std::move(client), from, limits_, endpoints_, access_,
+                                      deferred_, [this](ApiConnection* c) { closed(c); });
   ApiConnection* raw = conn.get();
   conns_.emplace(raw, std::move(conn));
   raw->start();
 }
 
 void ApiServer::reject(UniqueFd fd, const net::SockAddr& peer) {
+  if (opts_.self != nullptr) opts_.self->forget(peer);
   log::debug("api {}: refused (too many connections)", peer);
   // Best effort: a fresh socket's send buffer takes this at once.
   const std::string& busy = busy_response();
@@ -88,6 +91,7 @@ void ApiServer::reject(UniqueFd fd, const net::SockAddr& peer) {
 void ApiServer::closed(ApiConnection* conn) {
   auto it = conns_.find(conn);
   if (it == conns_.end()) return;
+  if (opts_.self != nullptr) opts_.self->forget(conn->peer());
   deferred_.dispose(std::move(it->second));
   conns_.erase(it);
 }

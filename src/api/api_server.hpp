@@ -15,6 +15,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "api/access.hpp"
 #include "api/backend.hpp"
 #include "api/connection.hpp"
 #include "api/endpoints.hpp"
@@ -38,6 +39,12 @@ struct ApiOptions {
   // ev_now() when the program started, for the uptime in /stats; 0 means when
   // the ApiServer was constructed.
   double started = 0;
+  // The key and the proxy listeners' exposure (see access.hpp).
+  AccessOptions access;
+  // The Server's registry of its own connections to this API (may be null:
+  // no request counts as proxied). It must outlive the ApiServer, which
+  // forgets each peer when its connection closes.
+  net::SelfConnections* self = nullptr;
 };
 
 class ApiServer {
@@ -57,6 +64,8 @@ class ApiServer {
   // The bound address, with the actual port.
   const net::SockAddr& address() const { return acceptor_.address(); }
   size_t connections() const { return conns_.size(); }
+  // Whether some proxy listener is not on loopback (known once they are bound).
+  void set_exposed_listeners(bool exposed) { access_.set_exposed_listeners(exposed); }
 
  private:
   void on_accept(UniqueFd fd, const net::SockAddr& peer);
@@ -68,6 +77,7 @@ class ApiServer {
   ConnectionLimits limits_;
   ev::Deferred deferred_;  // destroys closed connections outside their callbacks
   Endpoints endpoints_;
+  Access access_;
   std::unordered_map<ApiConnection*, std::unique_ptr<ApiConnection>> conns_;
   net::Acceptor acceptor_;  // last: it calls back into the members above
 };

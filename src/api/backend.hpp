@@ -24,6 +24,8 @@ struct ApiBackend {
   virtual void count_api_request() = 0;
   // Called once for every response with a 2xx status (neosocksd's num_api_success).
   virtual void count_api_success() = 0;
+  // Called once for every request refused 401 or 403 by the API's access rules.
+  virtual void count_api_unauthorized() {}
 };
 
 }  // namespace rs::api

@@ -30,13 +30,14 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 }  // namespace
 
 ApiConnection::ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer,
-                             const ConnectionLimits& limits, Endpoints& endpoints,
+                             const ConnectionLimits& limits, Endpoints& endpoints, Access& access,
                              ev::Deferred& deferred, Closed closed)
     : loop_(loop),
       fd_(std::move(fd)),
       peer_(peer),
       limits_(limits),
       endpoints_(endpoints),
+      access_(access),
       deferred_(deferred),
       closed_(std::move(closed)),
       io_(loop, [this](int revents) { on_io(revents); }),
@@ -205,6 +206,14 @@ bool ApiConnection::step() {
     have_head_ = true;
     head_ = std::move(parsed.value);
     in_.erase(0, parsed.consumed);
+    // Before the body: a refused client's body is never read (the
+    // connection closes after the answer).
+    if (auto refused =
+            access_.check(peer_, head_.method, split_target(head_.target).path, head_.headers)) {
+      head_only_ = head_.method == "HEAD";
+      respond(std::move(*refused), true);
+      return true;
+    }
     if (!begin_body()) return true;
   }
   switch (body_mode_) {

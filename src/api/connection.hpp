@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include "api/access.hpp"
 #include "api/chunked.hpp"
 #include "api/endpoints.hpp"
 #include "core/cancellable.hpp"
@@ -34,11 +35,12 @@ struct ConnectionLimits {
 class ApiConnection {
  public:
   using Closed = std::function<void(ApiConnection*)>;
-  // Takes ownership of `fd` (connected, non-blocking). `limits`, `endpoints`
-  // and `deferred` must outlive the connection; `deferred` destroys finished
+  // Takes ownership of `fd` (connected, non-blocking). `limits`, `endpoints`,
+  // `access` (checked with each request head) and `deferred` must outlive the
+  // connection; `deferred` destroys finished
   // rpcall handles outside their own callbacks and resumes long pipelines.
   ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer, const ConnectionLimits& limits,
-                Endpoints& endpoints, ev::Deferred& deferred, Closed closed);
+                Endpoints& endpoints, Access& access, ev::Deferred& deferred, Closed closed);
   ~ApiConnection();
   ApiConnection(const ApiConnection&) = delete;
   ApiConnection& operator=(const ApiConnection&) = delete;
@@ -78,6 +80,7 @@ class ApiConnection {
   net::SockAddr peer_;
   const ConnectionLimits& limits_;
   Endpoints& endpoints_;
+  Access& access_;
   ev::Deferred& deferred_;
   Closed closed_;
   ev::Io io_;

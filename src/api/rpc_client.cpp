@@ -47,7 +47,8 @@ class RpcCall {
   RpcCall(const RpcCall&) = delete;
   RpcCall& operator=(const RpcCall&) = delete;
 
-  void start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain);
+  void start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain,
+             const std::string& api_key);
   // The handle is gone: nothing runs and no callback comes from now on.
   void cancel() {
     finished_ = true;
@@ -117,7 +118,8 @@ class Handle final : public Cancellable {
   std::unique_ptr<RpcCall> call_;
 };
 
-void RpcCall::start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain) {
+void RpcCall::start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain,
+                    const std::string& api_key) {
   addr_ = target.to_string();
   timer_.start(opts_.timeout);
   const proto::Address first = chain.empty() ? target : chain.front().address();
@@ -140,11 +142,13 @@ void RpcCall::start(std::string code, proto::Address target, std::vector<proto::
       "Host: {}\r\n"
       "Content-Type: {}\r\n"
       "Accept-Encoding: deflate\r\n"
-      "{}"
+      "{}{}{}{}"
       "Content-Length: {}\r\n"
       "Connection: close\r\n"
       "\r\n",
-      addr_, kRpcMediaType, deflated ? "Content-Encoding: deflate\r\n" : "", body.size());
+      addr_, kRpcMediaType, deflated ? "Content-Encoding: deflate\r\n" : "",
+      api_key.empty() ? "" : "Authorization: Bearer ", api_key, api_key.empty() ? "" : "\r\n",
+      body.size());
   out_ += body;
 
   dialer_ = std::make_unique<net::Dialer>(loop_, resolver_, opts_);
@@ -342,10 +346,10 @@ void RpcCall::deliver() {
 std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
                                       const net::DialOptions& opts, std::string code,
                                       proto::Address addr, std::vector<proto::ProxyUri> chain,
-                                      RpcCallback cb) {
+                                      RpcCallback cb, const std::string& api_key) {
   auto handle =
       std::make_unique<Handle>(std::make_unique<RpcCall>(loop, resolver, opts, std::move(cb)));
-  handle->call().start(std::move(code), std::move(addr), std::move(chain));
+  handle->call().start(std::move(code), std::move(addr), std::move(chain), api_key);
   return handle;
 }
 

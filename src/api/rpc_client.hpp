@@ -29,6 +29,7 @@ inline constexpr size_t kRpcCompressMin = 256;
 //   Host: <addr>
 //   Content-Type: application/x-neosocksd-rpc; version=1
 //   Accept-Encoding: deflate
+//   Authorization: Bearer <api_key>   (only when api_key is not empty)
 //   Connection: close
 // with `code` as the body, and reads one response (Content-Length, chunked or
 // up to EOF; deflate or gzip; at most 4 MiB). 200 is success; any other status
@@ -38,10 +39,11 @@ inline constexpr size_t kRpcCompressMin = 256;
 // unless the returned handle is destroyed first: that cancels the call
 // silently. The handle may be destroyed inside `cb`. `loop` and `resolver`
 // must outlive the call; `resolver` may be null when addr and the first hop
-// are numeric; `opts` is copied.
+// are numeric; `opts` is copied. `api_key` must be a valid header value
+// (visible ASCII, see api::valid_api_key()); it is never logged.
 std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
                                       const net::DialOptions& opts, std::string code,
                                       proto::Address addr, std::vector<proto::ProxyUri> chain,
-                                      RpcCallback cb);
+                                      RpcCallback cb, const std::string& api_key = {});
 
 }  // namespace rs::api

@@ -22,22 +22,6 @@ void tune_socket(int fd, const DialOptions& opts) {
 
 namespace {
 
-bool is_loopback(const SockAddr& sa) {
-  if (sa.family() == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(sa.get());
-    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-  }
-  auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa.get());
-  if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return true;
-  return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
-}
-
-bool is_wildcard(const SockAddr& sa) {
-  if (sa.family() == AF_INET)
-    return reinterpret_cast<const sockaddr_in*>(sa.get())->sin_addr.s_addr == INADDR_ANY;
-  return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(sa.get())->sin6_addr);
-}
-
 // Before connecting: the denied address itself, or a wildcard destination
 // (which connects locally) on a denied wildcard listener's port.
 bool is_denied(const SockAddr& sa, const std::vector<SockAddr>& deny) {
@@ -166,6 +150,11 @@ void Dialer::on_connect() {
     last_message_ = fmt::format("{} is not reachable through the proxy", sa.to_string());
     fd_.reset();
     connect_next();
+    return;
+  }
+  if (opts_.self != nullptr && !opts_.self->record(fd_.get(), sa)) {
+    fd_.reset();
+    finish(DialError::kNotAllowed, "too many connections to the API through the proxy");
     return;
   }
   hop_ = 0;

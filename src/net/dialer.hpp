@@ -13,6 +13,7 @@
 #include "net/dial_error.hpp"
 #include "net/hop.hpp"
 #include "net/resolver.hpp"
+#include "net/self_connections.hpp"
 #include "net/sockaddr.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
@@ -24,6 +25,10 @@ struct DialOptions {
   std::string netdev;     // SO_BINDTODEVICE when not empty
   int sndbuf = 0, rcvbuf = 0;
   bool nodelay = true, keepalive = true;
+  // When set (it must outlive every Dialer using these options), each
+  // connection to a watched address (the API) is recorded there once
+  // connected, before any hop's handshake or the callback.
+  SelfConnections* self = nullptr;
 };
 
 // Applies DialOptions' socket options to a connected or accepted socket.

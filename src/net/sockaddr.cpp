@@ -122,4 +122,22 @@ SockAddr local_of(int fd) {
   return name_of(fd, ::getsockname);
 }
 
+bool is_loopback(const SockAddr& sa) {
+  if (sa.family() == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(sa.get());
+    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (sa.family() != AF_INET6) return false;
+  auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa.get());
+  if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+}
+
+bool is_wildcard(const SockAddr& sa) {
+  if (sa.family() == AF_INET)
+    return reinterpret_cast<const sockaddr_in*>(sa.get())->sin_addr.s_addr == INADDR_ANY;
+  if (sa.family() != AF_INET6) return false;
+  return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(sa.get())->sin6_addr);
+}
+
 }  // namespace rs::net

@@ -41,6 +41,11 @@ std::optional<SockAddr> parse_sockaddr(std::string_view s);
 SockAddr peer_of(int fd);
 SockAddr local_of(int fd);
 
+// 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
+bool is_loopback(const SockAddr& sa);
+// 0.0.0.0 or ::
+bool is_wildcard(const SockAddr& sa);
+
 }  // namespace rs::net
 
 // fmt::format("{}", sockaddr): lets log calls pass the address itself, so that

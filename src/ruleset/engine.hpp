@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,7 +74,7 @@ struct HostStats {
   uint64_t num_reject_ruleset = 0, num_reject_timeout = 0, num_reject_upstream = 0,
            num_reject_bad = 0;
   uint64_t byt_up = 0, byt_down = 0;
-  uint64_t num_api_request = 0, num_api_success = 0;
+  uint64_t num_api_request = 0, num_api_success = 0, num_api_unauthorized = 0;
   uint64_t num_dns_query = 0, num_dns_success = 0;
   double uptime = 0;
 };
@@ -99,6 +100,12 @@ struct Host {
   virtual std::unique_ptr<Cancellable> invoke(
       std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
+  // neosocksd.setapikey(addr, key): the API key invoke() sends to `addr`
+  // from now on; an empty key sends none, nullopt goes back to the node's
+  // own (--api-key). May throw (hosts without RPC).
+  virtual void set_api_key(const proto::Address& /*addr*/, std::optional<std::string> /*key*/) {
+    throw std::runtime_error("neosocksd.setapikey: RPC is not available");
+  }
 };
 
 struct EngineOptions {

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -82,6 +84,7 @@ int stats_table(lua_State* L) {
     set_integer(L, "byt_down", s->byt_down);
     set_integer(L, "num_api_request", s->num_api_request);
     set_integer(L, "num_api_success", s->num_api_success);
+    set_integer(L, "num_api_unauthorized", s->num_api_unauthorized);
     set_integer(L, "num_dns_query", s->num_dns_query);
     set_integer(L, "num_dns_success", s->num_dns_success);
     set_number(L, "uptime", s->uptime);
@@ -190,6 +193,40 @@ int invoke_impl(lua_State* L) {
   return 0;
 }
 
+// neosocksd.setapikey(addr, key): the API key RPC calls to `addr` send
+// (await.invoke, neosocksd.invoke and what libruleset builds on them); ""
+// sends none, nil goes back to the node's own --api-key.
+int setapikey_impl(lua_State* L) {
+  luaL_checkstring(L, 1);
+  if (!lua_isnil(L, 2)) luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  char err[256];
+  // Every C++ object lives in the lambda: gone before the error is raised.
+  if (!try_cpp(err, [L] {
+        size_t alen = 0;
+        const char* a = lua_tolstring(L, 1, &alen);
+        auto addr = proto::parse_address(std::string_view(a, alen));
+        if (!addr)
+          throw std::runtime_error("neosocksd.setapikey: bad address (expected HOST:PORT)");
+        std::optional<std::string> key;
+        if (!lua_isnil(L, 2)) {
+          size_t klen = 0;
+          const char* k = lua_tolstring(L, 2, &klen);
+          key.emplace(k, klen);
+          for (char c : *key)
+            if (c < 0x21 || c > 0x7e)
+              throw std::runtime_error(
+                  "neosocksd.setapikey: the key may hold visible ASCII characters only");
+        }
+        Host* host = Runtime::of(L).host();
+        if (host == nullptr) throw std::runtime_error("neosocksd.setapikey: RPC is not available");
+        host->set_api_key(*addr, std::move(key));
+      })) {
+    return luaL_error(L, "%s", err);
+  }
+  return 0;
+}
+
 // neosocksd.now(): the time of the event being handled.
 int now_impl(lua_State* L) {
   lua_pushnumber(L, ev_now(Runtime::of(L).loop()));
@@ -274,6 +311,7 @@ void open_neosocksd(lua_State* L) {
       {"parse_ipv4", parse_ipv4_impl},
       {"parse_ipv6", parse_ipv6_impl},
       {"resolve", guarded<api_resolve>},
+      {"setapikey", guarded<setapikey_impl>},
       {"setinterval", setinterval_impl},
       {"splithostport", splithostport_impl},
       {"stats", guarded<stats_impl>},

@@ -35,6 +35,8 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     // As in neosocksd, -t bounds API requests (head and body) and idle or
     // stalled API connections as well as proxy handshakes.
     opts.timeout = cfg.timeout;
+    opts.access.key = cfg.api_key;
+    opts.self = &server.self_connections();
     api_ = std::make_unique<api::ApiServer>(server.loop(), *api_listen, *this, opts);
     api_->start();
   }
@@ -51,6 +53,10 @@ std::optional<net::SockAddr> Control::api_address() const {
   return api_->address();
 }
 
+void Control::set_exposed_listeners(bool exposed) {
+  if (api_) api_->set_exposed_listeners(exposed);
+}
+
 std::string Control::server_stats(bool incremental) {
   const Stats& s = server_.stats();
   std::string out;
@@ -65,6 +71,7 @@ std::string Control::server_stats(bool incremental) {
                 fmt::format("up {}, down {}", api::format_bytes(static_cast<double>(s.bytes_up)),
                             api::format_bytes(static_cast<double>(s.bytes_down))));
   api::add_line(out, "API requests", std::to_string(s.api_requests));
+  api::add_line(out, "API unauthorized", std::to_string(s.api_unauthorized));
   api::add_line(out, "DNS queries", std::to_string(server_.resolver().queries()));
   if (incremental) {
     const double now = ev_now(server_.loop());
@@ -90,6 +97,10 @@ void Control::count_api_request() {
 
 void Control::count_api_success() {
   ++server_.stats().api_successes;
+}
+
+void Control::count_api_unauthorized() {
+  ++server_.stats().api_unauthorized;
 }
 
 ruleset::HostConfig Control::config() {
@@ -132,6 +143,7 @@ ruleset::HostStats Control::stats() {
   out.byt_down = s.bytes_down;
   out.num_api_request = s.api_requests;
   out.num_api_success = s.api_successes;
+  out.num_api_unauthorized = s.api_unauthorized;
   out.num_dns_query = server_.resolver().queries();
   out.num_dns_success = server_.resolver().successes();
   out.uptime = ev_now(server_.loop()) - server_.start_time();
@@ -145,8 +157,21 @@ std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address ad
   std::vector<proto::ProxyUri> hops = server_.proxy_chain();
   hops.insert(hops.end(), std::make_move_iterator(chain.begin()),
               std::make_move_iterator(chain.end()));
-  return api::rpc_call(server_.loop(), &server_.resolver(), server_.dial_options(), std::move(code),
-                       std::move(addr), std::move(hops), std::move(cb));
+  // The node's own RPC calls are not proxied clients: not recorded as such.
+  net::DialOptions opts = server_.dial_options();
+  opts.self = nullptr;
+  auto it = peer_keys_.find(addr.to_string());
+  std::string key = it != peer_keys_.end() ? it->second : server_.config().api_key;
+  return api::rpc_call(server_.loop(), &server_.resolver(), opts, std::move(code), std::move(addr),
+                       std::move(hops), std::move(cb), std::move(key));
+}
+
+void Control::set_api_key(const proto::Address& addr, std::optional<std::string> key) {
+  if (key) {
+    peer_keys_[addr.to_string()] = std::move(*key);
+  } else {
+    peer_keys_.erase(addr.to_string());
+  }
 }
 
 }  // namespace rs::server

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "api/api_server.hpp"
 #include "api/backend.hpp"
@@ -33,12 +34,15 @@ class Control : public ruleset::Host, public api::ApiBackend {
   void stop();
   // The API's bound address, if there is an API.
   std::optional<net::SockAddr> api_address() const;
+  // Whether some proxy listener is not on loopback (see api/access.hpp).
+  void set_exposed_listeners(bool exposed);
 
   // api::ApiBackend
   ruleset::Engine* engine() override { return engine_.get(); }
   std::string server_stats(bool incremental) override;
   void count_api_request() override;
   void count_api_success() override;
+  void count_api_unauthorized() override;
 
   // ruleset::Host
   ruleset::HostConfig config() override;
@@ -46,11 +50,15 @@ class Control : public ruleset::Host, public api::ApiBackend {
   std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
                                       std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override;
+  void set_api_key(const proto::Address& addr, std::optional<std::string> key) override;
 
  private:
   Server& server_;
   std::unique_ptr<ruleset::Engine> engine_;
   std::unique_ptr<api::ApiServer> api_;
+  // neosocksd.setapikey(): the key sent to each RPC peer (its Address text);
+  // an empty key sends none. Peers not here get --api-key, if any.
+  std::unordered_map<std::string, std::string> peer_keys_;
   // The previous POST /stats, for rates.
   struct Snapshot {
     double time = 0;

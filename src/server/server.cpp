@@ -65,6 +65,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   dial_.rcvbuf = cfg.tcp_rcvbuf;
   dial_.nodelay = cfg.tcp_nodelay;
   dial_.keepalive = cfg.tcp_keepalive;
+  dial_.self = &self_;
   relay_.use_splice = cfg.pipe;
   relay_.bidir_timeout = cfg.bidir_timeout;
   relay_.idle_timeout = cfg.bidir_timeout ? cfg.timeout : 0;
@@ -92,7 +93,10 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   std::optional<net::SockAddr> api;
   if (!cfg.api.empty()) api = parse_listen(cfg.api);
   control_ = std::make_unique<Control>(*this, api);
-  if (auto bound = control_->api_address()) protected_.push_back(*bound);
+  if (auto bound = control_->api_address()) {
+    protected_.push_back(*bound);
+    self_.watch(*bound);
+  }
 
   const std::string forward_note =
       forward_by_ruleset_ ? "forward, the ruleset picks the target" : "forward to " + cfg.forward;
@@ -121,6 +125,32 @@ Server::Server(ev::Loop* loop, const Config& cfg)
                           : ListenerKind::kSocks);
   for (const auto& l : cfg.http_listen) add(l, ListenerKind::kHttp);
   for (auto& l : listeners_) l->start();
+  check_exposure();
+}
+
+// Without an API key, the API is served through the proxy only while no
+// client beyond this host can reach the proxy (see API.md "Security model").
+void Server::check_exposure() {
+  auto api = control_->api_address();
+  if (!api) return;
+  std::string exposed;
+  for (const auto& l : listeners_) {
+    if (net::is_loopback(l->address())) continue;
+    if (!exposed.empty()) exposed += ", ";
+    exposed += l->address().to_string();
+  }
+  control_->set_exposed_listeners(!exposed.empty());
+  if (!cfg_.api_key.empty()) return;
+  if (!exposed.empty())
+    log::warning(
+        "proxy listener {} not on loopback and no --api-key: API requests through the proxy "
+        "are refused (403); set --api-key, or listen on loopback only",
+        exposed);
+  if (!net::is_loopback(*api))
+    log::warning(
+        "api: {} is not on loopback and no --api-key: whoever reaches it runs Lua "
+        "on this host",
+        *api);
 }
 
 Server::~Server() {

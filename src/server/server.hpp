@@ -16,6 +16,7 @@
 #include "net/dialer.hpp"
 #include "net/relay.hpp"
 #include "net/resolver.hpp"
+#include "net/self_connections.hpp"
 #include "net/sockaddr.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
@@ -77,6 +78,9 @@ class Server {
   // says so: the API's own listeners.
   const std::vector<net::SockAddr>& protected_addresses() const { return protected_; }
   double start_time() const { return start_time_; }
+  // Our own connections to the API, recorded by every Dialer that uses
+  // dial_options() and looked up by the API (see self_connections.hpp).
+  net::SelfConnections& self_connections() { return self_; }
 
  private:
   // An accepted client socket: admitted (then owned by a new session) or closed.
@@ -84,6 +88,8 @@ class Server {
   // Whether a new half-open connection may be accepted now (--max-sessions,
   // the fd limit, --max-startups).
   bool admit();
+  // Tells the API whether any proxy listener is beyond loopback; warns.
+  void check_exposure();
 
   ev::Loop* loop_;
   const Config& cfg_;
@@ -96,6 +102,7 @@ class Server {
   std::optional<proto::Address> forward_;
   bool forward_by_ruleset_ = false;
   std::vector<net::SockAddr> protected_;
+  net::SelfConnections self_;  // before control_ (the API) and the sessions that dial
   Stats stats_;
   size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up
   double last_fd_warning_ = -1e9;

@@ -22,6 +22,7 @@ struct Stats {
   uint64_t bytes_up = 0, bytes_down = 0;  // finished relays; live ones are added on read
   uint64_t api_requests = 0;              // API request heads; never in `requests`
   uint64_t api_successes = 0;             // API requests answered with a 2xx status
+  uint64_t api_unauthorized = 0;          // API requests refused 401 or 403 (access rules)
 };
 
 }  // namespace rs::server

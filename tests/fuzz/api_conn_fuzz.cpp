@@ -44,6 +44,7 @@ struct World {
   ev::Deferred deferred{loop};
   Backend backend;
   api::Endpoints endpoints{loop, backend, ev_now(loop)};
+  api::Access access{loop, backend, nullptr, {}};  // no key: every request is served
   api::ConnectionLimits limits;
   World() {
     limits.max_body = 64 * 1024;
@@ -88,7 +89,7 @@ Result serve(fuzz::Bytes client, const std::vector<size_t>& chunks, bool half_cl
   set_nonblocking_pair(sv);
   bool closed = false;
   auto conn = std::make_unique<api::ApiConnection>(w.loop, UniqueFd(sv[0]), net::SockAddr{},
-                                                   w.limits, w.endpoints, w.deferred,
+                                                   w.limits, w.endpoints, w.access, w.deferred,
                                                    [&](api::ApiConnection*) { closed = true; });
   const int before = w.backend.requests;
   conn->start();

@@ -40,6 +40,7 @@ struct FakeBackend : ApiBackend {
   ruleset::Engine* eng = nullptr;
   std::atomic<int> requests{0};
   std::atomic<int> successes{0};
+  std::atomic<int> unauthorized{0};
   std::atomic<int> incremental_calls{0};
   ruleset::Engine* engine() override { return eng; }
   std::string server_stats(bool incremental) override {
@@ -51,6 +52,7 @@ struct FakeBackend : ApiBackend {
   }
   void count_api_request() override { ++requests; }
   void count_api_success() override { ++successes; }
+  void count_api_unauthorized() override { ++unauthorized; }
 };
 
 class ApiFixture : public ::testing::Test {
