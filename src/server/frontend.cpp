@@ -168,12 +168,10 @@ class HttpFrontend final : public Frontend {
     }
     const auto& head = r.value;
     if (head.method != "CONNECT") {
-      return fail(
-          proto::http_response(
-              405, {},
-              {{"Allow", "CONNECT"}, {"Connection", "close"}, {"Content-Type", "text/plain"}},
-              "rulesocks: only CONNECT is supported on this port\n"),
-          "http: method " + head.method + " not allowed");
+      // Plain proxying reads the head again itself (server/http_proxy.hpp).
+      Step s;
+      s.status = Step::kForward;
+      return s;
     }
     auto target = proto::parse_address(head.target);
     if (!target)
