@@ -157,14 +157,17 @@ bool is_upgrade(const HttpRequestHead& head) {
   return head.header("Upgrade").has_value() && has_token(head.headers, "Connection", "upgrade");
 }
 
-std::string forward_request_head(const HttpRequestHead& head, const AbsoluteTarget& target) {
+std::string forward_request_head(const HttpRequestHead& head, const AbsoluteTarget& target,
+                                 bool keep_upstream) {
   const bool upgrading = is_upgrade(head);
   std::string out = head.method + " " + target.origin_form + " HTTP/1." +
                     std::to_string(head.minor_version) + "\r\nHost: " + target.authority + "\r\n";
   append_fields(out, head.headers, upgrading, true);
   out += "Via: ";
   out += head.minor_version == 0 ? "1.0 rulesocks" : kVia;
-  out += upgrading ? "\r\nConnection: upgrade\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+  out += upgrading       ? "\r\nConnection: upgrade\r\n\r\n"
+         : keep_upstream ? "\r\n\r\n"
+                         : "\r\nConnection: close\r\n\r\n";
   return out;
 }
 

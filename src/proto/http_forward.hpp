@@ -62,9 +62,9 @@ inline constexpr std::string_view kVia = "1.1 rulesocks";
 // version, Host from the target, hop-by-hop fields dropped (Connection and
 // every field it names, Proxy-Connection, Proxy-Authorization, Keep-Alive,
 // TE, Trailer, and Upgrade unless upgrading), Via appended, and
-// "Connection: close" (or "upgrade") since an upstream connection carries one
-// request.
-std::string forward_request_head(const HttpRequestHead& head, const AbsoluteTarget& target);
+// "Connection: close" unless `keep_upstream` ("upgrade" when upgrading).
+std::string forward_request_head(const HttpRequestHead& head, const AbsoluteTarget& target,
+                                 bool keep_upstream = false);
 // The response as the client gets it: the same hop-by-hop fields dropped
 // (Upgrade kept on a 101), Via appended, and "Connection: close" unless
 // `keep_alive` (or "upgrade" on a 101). Transfer-Encoding is kept: the body

@@ -239,7 +239,11 @@ void HttpProxy::start_request(proto::HttpRequestHead head, size_t consumed) {
   method_ = head.method;
   keep_alive_ = proto::wants_keep_alive(head);
   upgrade_ = proto::is_upgrade(head);
-  up_out_ = proto::forward_request_head(head, *target);
+  // Only HTTP/1.1 exchanges keep their upstream connection.
+  pool_ok_ = head.minor_version == 1 && !upgrade_;
+  request_head_ = proto::forward_request_head(head, *target, pool_ok_);
+  up_out_ = request_head_;
+  has_body_ = framing.kind != proto::BodyFraming::kNone;
   request_body_ = proto::BodyReader(framing);
   request_done_ = response_done_ = response_begun_ = false;
   routed_.reset();
@@ -281,11 +285,31 @@ void HttpProxy::on_routed(std::optional<ruleset::Decision> d, const std::string&
 
 void HttpProxy::dial(proto::Address target, std::vector<proto::ProxyUri> chain,
                      bool may_reach_api) {
+  pool_key_ = target.to_string() + (may_reach_api ? " api" : "");
+  for (const auto& hop : chain) pool_key_ += " " + hop.to_string();
+  dial_target_ = std::move(target);
+  dial_chain_ = std::move(chain);
+  may_reach_api_ = may_reach_api;
+  connect_upstream(true);
+}
+
+void HttpProxy::connect_upstream(bool use_pool) {
   phase_ = Phase::kDialing;
+  reused_ = false;
+  if (use_pool) {
+    if (UniqueFd fd = server_.upstream_pool().take(pool_key_)) {
+      reused_ = true;
+      // As a dial would: the result comes from the loop.
+      later_.post([this, fd = std::move(fd)]() mutable {
+        on_dialed(std::move(fd), net::DialError::kOk, {});
+      });
+      return;
+    }
+  }
   dialer_ =
       std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
-  const auto* deny = may_reach_api ? nullptr : &server_.protected_addresses();
-  dialer_->start(std::move(target), std::move(chain), deny,
+  const auto* deny = may_reach_api_ ? nullptr : &server_.protected_addresses();
+  dialer_->start(dial_target_, dial_chain_, deny,
                  [this](UniqueFd fd, net::DialError err, const std::string& msg) {
                    on_dialed(std::move(fd), err, msg);
                  });
@@ -302,8 +326,8 @@ void HttpProxy::on_dialed(UniqueFd fd, net::DialError err, const std::string& ms
     error(net::http_status(err), msg);
     return;
   }
-  log::info("{}: http {} {}{}{}", peer_, method_, request_.target, routed_ ? " via " : "",
-            routed_ ? routed_->to_string() : "");
+  log::info("{}: http {} {}{}{}{}", peer_, method_, request_.target, routed_ ? " via " : "",
+            routed_ ? routed_->to_string() : "", reused_ ? " (reused)" : "");
   upstream_ = std::move(fd);
   upstream_io_.set(upstream_.get(), 0);
   phase_ = Phase::kExchange;
@@ -391,7 +415,9 @@ bool HttpProxy::step_response() {
           error(502, "bad response from the origin: " + framing.error);
           return true;
         }
-        if (framing.kind == proto::BodyFraming::kClose) keep_alive_ = false;
+        if (framing.kind == proto::BodyFraming::kClose) keep_alive_ = pool_ok_ = false;
+        if (head.minor_version != 1 || proto::has_token(head.headers, "Connection", "close"))
+          pool_ok_ = false;
         down_out_ += proto::forward_response_head(head, keep_alive_);
         response_body_ = proto::BodyReader(framing);
         response_begun_ = true;
@@ -434,6 +460,14 @@ bool HttpProxy::step_response() {
         response_done_ = true;
         return true;
       }
+      if (reused_ && !response_begun_ && resp_in_.empty() && !has_body_ && down_out_.empty()) {
+        // The origin closed the pooled connection as we reused it: once more
+        // on a fresh one (only without a body, which is gone by now).
+        drop_upstream();
+        up_out_ = request_head_;
+        connect_upstream(false);
+        return true;
+      }
       if (!response_begun_) {
         error(502, resp_in_.empty() ? "the origin closed without a response"
                                     : "the origin closed inside the response head");
@@ -453,6 +487,10 @@ bool HttpProxy::step_response() {
 }
 
 void HttpProxy::end_exchange() {
+  if (pool_ok_ && request_done_ && up_out_.empty() && resp_in_.empty()) {
+    upstream_io_.stop();
+    server_.upstream_pool().put(pool_key_, std::move(upstream_));
+  }
   drop_upstream();
   if (!keep_alive_) {
     linger();

@@ -8,8 +8,12 @@
 //           both streamed through bounded buffers, both at once so that a
 //           100 Continue or an early answer gets through)
 //        -> the next request (keep-alive) or close.
-// Each request has an upstream connection of its own (sent "Connection:
-// close"). After a 101 the two sockets become a net::Relay, as for CONNECT.
+// An HTTP/1.1 request's upstream connection goes back to the Server's
+// UpstreamPool after a complete exchange that leaves it clean, for the next
+// request to the same origin through the same chain (from any client); a
+// request without a body that finds its pooled connection closed by the
+// origin is sent once more on a fresh one. After a 101 the two sockets become
+// a net::Relay, as for CONNECT.
 // Errors before a response has begun get a short text answer (400, 403, 407,
 // 431, 502, 504), then the connection closes; later ones just close it.
 #pragma once
@@ -66,6 +70,8 @@ class HttpProxy {
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
+  // Dials dial_target_ through dial_chain_, or takes a pooled connection.
+  void connect_upstream(bool use_pool);
   void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
   void end_exchange();
   void start_relay();
@@ -111,6 +117,14 @@ class HttpProxy {
   proto::BodyReader request_body_;
   proto::BodyReader response_body_;
   std::optional<proto::Address> routed_;
+  std::string request_head_;  // as sent upstream, for a retry
+  bool has_body_ = false;
+  bool pool_ok_ = false;  // the upstream may be reused after this exchange
+  bool reused_ = false;   // the upstream came from the pool
+  std::string pool_key_;  // origin, chain and API permission
+  proto::Address dial_target_;
+  std::vector<proto::ProxyUri> dial_chain_;
+  bool may_reach_api_ = false;
 
   std::unique_ptr<Cancellable> routing_;
   std::unique_ptr<net::Dialer> dialer_;

@@ -21,6 +21,7 @@
 #include "proto/proxy_uri.hpp"
 #include "server/frontend.hpp"
 #include "server/stats.hpp"
+#include "server/upstream_pool.hpp"
 
 namespace rs::ruleset {
 class Engine;
@@ -65,6 +66,8 @@ class Server {
   ruleset::Engine* engine();
   ev::Deferred& deferred() { return deferred_; }
   Stats& stats() { return stats_; }
+  // Idle upstream connections of plain HTTP requests.
+  UpstreamPool& upstream_pool() { return *pool_; }
   const net::DialOptions& dial_options() const { return dial_; }
   const net::RelayOptions& relay_options() const { return relay_; }
   const FrontendOptions& frontend_options() const { return frontend_; }
@@ -97,6 +100,7 @@ class Server {
   bool forward_by_ruleset_ = false;
   std::vector<net::SockAddr> protected_;
   Stats stats_;
+  std::unique_ptr<UpstreamPool> pool_;
   size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up
   double last_fd_warning_ = -1e9;
   double start_time_;

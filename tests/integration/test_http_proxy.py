@@ -79,6 +79,41 @@ class Origin101(TcpServer):
                 conn.sendall(data)
 
 
+class KeepAliveOrigin(TcpServer):
+    """Answers requests with keep-alive, counting connections; with drop_second, closes a
+    connection on its second request without answering (an origin that timed it out)."""
+
+    def __init__(self, drop_second=False):
+        super().__init__()
+        self.drop_second = drop_second
+        self.accepted = 0
+        self.closed = 0
+
+    def on_accept(self, conn):
+        self.accepted += 1
+        self.serve_in_thread(conn)
+
+    def serve(self, conn):
+        with conn:
+            conn.settimeout(10)
+            buf, served = b"", 0
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            self.closed += 1
+                            return
+                        buf += chunk
+                    buf = buf.split(b"\r\n\r\n", 1)[1]
+                    if served == 1 and self.drop_second:
+                        return
+                    served += 1
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            except OSError:
+                return
+
+
 class Garbage(TcpServer):
     """Reads a request head and answers with bytes that are not HTTP."""
 
@@ -239,6 +274,33 @@ class HttpProxyCase(IntegrationCase):
             start = time.monotonic()
             self.assertIsNotNone(wait_closed(s, 6))
             self.assertLess(time.monotonic() - start, 5)
+
+    # -- the upstream pool
+
+    def test_upstream_connections_reused(self):
+        with KeepAliveOrigin() as o:
+            for _ in range(3):  # three client connections, one after the other
+                rc, out, err = curl("-x", self.http, f"http://{LOOP4}:{o.port}/", timeout=10)
+                self.assertEqual((rc, out), (0, b"ok\n"), err)
+            self.assertEqual(o.accepted, 1)
+
+    def test_pooled_connection_closed_by_origin_is_retried(self):
+        with KeepAliveOrigin(drop_second=True) as o:
+            for _ in range(2):
+                rc, out, err = curl("-x", self.http, f"http://{LOOP4}:{o.port}/", timeout=10)
+                self.assertEqual((rc, out), (0, b"ok\n"), err)
+            self.assertEqual(o.accepted, 2)
+
+    def test_idle_pooled_connection_closed_after_t(self):
+        with KeepAliveOrigin() as o:
+            rc, out, err = curl("-x", self.http, f"http://{LOOP4}:{o.port}/", timeout=10)
+            self.assertEqual((rc, out), (0, b"ok\n"), err)
+            time.sleep(0.5)
+            self.assertEqual(o.closed, 0, "closed before the idle timeout")
+            deadline = time.monotonic() + 5
+            while o.closed == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(o.closed, 1, "pooled connection not closed after -t")
 
     # -- upgrade
 

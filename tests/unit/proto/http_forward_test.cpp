@@ -159,6 +159,10 @@ TEST(Rewrite, RequestHead) {
             "Connection: close\r\n\r\n");
   EXPECT_TRUE(wants_keep_alive(head));
   EXPECT_FALSE(is_upgrade(head));
+  // Kept for the upstream pool: HTTP/1.1 persistence needs no field.
+  EXPECT_EQ(forward_request_head(head, *target, true),
+            "GET /p?q HTTP/1.1\r\nHost: example.org:8080\r\nVia: 1.1 other\r\n"
+            "Accept: */*\r\nVia: 1.1 rulesocks\r\n\r\n");
 }
 
 TEST(Rewrite, UpgradeKeepsUpgrade) {
