@@ -18,6 +18,8 @@ namespace {
 constexpr size_t kLowWater = 64 * 1024;
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr double kLinger = 2.0;  // seconds to let a client read an error reply
+// Header fields per request: beyond it a 431, as for a head over 16 KiB.
+constexpr size_t kMaxHeaderFields = 100;
 }  // namespace
 
 HttpProxy::HttpProxy(Server& server, UniqueFd client, const net::SockAddr& peer, std::string in,
@@ -205,6 +207,11 @@ void HttpProxy::start_request(proto::HttpRequestHead head, size_t consumed) {
     error(400, "CONNECT after a plain request on one connection");
     return;
   }
+  if (head.headers.size() > kMaxHeaderFields) {
+    ++server_.stats().bad_requests;
+    error(431, "more than " + std::to_string(kMaxHeaderFields) + " header fields");
+    return;
+  }
   auto target = proto::parse_absolute_target(head.target);
   if (!target) {
     ++server_.stats().bad_requests;
@@ -237,6 +244,7 @@ void HttpProxy::start_request(proto::HttpRequestHead head, size_t consumed) {
   }
   ++server_.stats().requests;
   method_ = head.method;
+  client_minor_ = head.minor_version;
   keep_alive_ = proto::wants_keep_alive(head);
   upgrade_ = proto::is_upgrade(head);
   // Only HTTP/1.1 exchanges keep their upstream connection.
@@ -406,8 +414,10 @@ bool HttpProxy::step_response() {
           phase_ = Phase::kUpgrade;
           return true;
         }
-        if (head.status < 200) {  // 100 Continue and friends pass through
-          down_out_ += proto::forward_response_head(head, true);
+        if (head.status < 200) {
+          // 100 Continue and friends pass through, but never to an HTTP/1.0
+          // client, which cannot know them (RFC 9110 section 15.2).
+          if (client_minor_ == 1) down_out_ += proto::forward_response_head(head, true);
           return true;
         }
         auto framing = proto::response_framing(head, method_);

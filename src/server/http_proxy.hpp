@@ -109,6 +109,7 @@ class HttpProxy {
   // The request being served.
   ClientRequest request_;
   std::string method_;
+  int client_minor_ = 1;     // the request's HTTP/1.x version
   bool keep_alive_ = false;  // the client connection outlives this exchange
   bool upgrade_ = false;     // the client asked for a protocol switch
   bool response_begun_ = false;

@@ -114,6 +114,20 @@ class KeepAliveOrigin(TcpServer):
                 return
 
 
+class InterimOrigin(TcpServer):
+    """Answers every request head with 103 Early Hints, then 200."""
+
+    def on_accept(self, conn):
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            except OSError:
+                pass
+
+
 class Garbage(TcpServer):
     """Reads a request head and answers with bytes that are not HTTP."""
 
@@ -217,6 +231,19 @@ class HttpProxyCase(IntegrationCase):
             s.sendall(b"hello")
             status, _, body, _ = read_http_response(s)
             self.assertEqual((status, body), ("HTTP/1.1 200 OK", b"hello"))
+
+    def test_interim_responses_only_to_http11_clients(self):
+        """1xx go to HTTP/1.1 clients; an HTTP/1.0 client never sees one (RFC 9110 15.2)."""
+        with InterimOrigin() as o:
+            for version, first in (("1.1", "HTTP/1.1 103 Early Hints"), ("1.0", "HTTP/1.1 200 OK")):
+                with self.subTest(version=version), connect(self.proxy.http_port) as s:
+                    s.sendall(f"GET http://{LOOP4}:{o.port}/ HTTP/{version}\r\n\r\n".encode())
+                    status, headers, _ = read_http_head(s)
+                    self.assertEqual(status, first)
+                    if version == "1.1":
+                        self.assertEqual(headers.get("link"), "</a>")
+                        status, _, body, _ = read_http_response(s)
+                        self.assertEqual((status, body), ("HTTP/1.1 200 OK", b"ok\n"))
 
     # -- real clients
 
@@ -357,6 +384,7 @@ class HttpProxyCase(IntegrationCase):
             (b"POST " + u + b" HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
             (b"GET " + u + b" HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
             (b"GET " + u + b" HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+            (b"GET " + u + b" HTTP/1.1\r\n" + b"X-N: 1\r\n" * 101 + b"\r\n", 431),
             (b"GET http://reject.test/ HTTP/1.1\r\n\r\n", 403),
             (f"GET http://{LOOP4}:{free_port()}/ HTTP/1.1\r\n\r\n".encode(), 502),
             (b"GET http://hang.test/ HTTP/1.1\r\n\r\n", 504),
