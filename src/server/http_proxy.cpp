@@ -108,7 +108,7 @@ void HttpProxy::run() {
           // The origin may have answered and closed: read what it said.
           up_out_.clear();
           request_done_ = true;
-          keep_alive_ = false;
+          keep_alive_ = pool_ok_ = false;
           progress = true;
           break;
       }
@@ -245,7 +245,7 @@ void HttpProxy::start_request(proto::HttpRequestHead head, size_t consumed) {
   ++server_.stats().requests;
   method_ = head.method;
   client_minor_ = head.minor_version;
-  keep_alive_ = proto::wants_keep_alive(head);
+  keep_alive_ = keep_alive_initial_ = proto::wants_keep_alive(head);
   upgrade_ = proto::is_upgrade(head);
   // Only HTTP/1.1 exchanges keep their upstream connection.
   pool_ok_ = head.minor_version == 1 && !upgrade_;
@@ -470,14 +470,7 @@ bool HttpProxy::step_response() {
         response_done_ = true;
         return true;
       }
-      if (reused_ && !response_begun_ && resp_in_.empty() && !has_body_ && down_out_.empty()) {
-        // The origin closed the pooled connection as we reused it: once more
-        // on a fresh one (only without a body, which is gone by now).
-        drop_upstream();
-        up_out_ = request_head_;
-        connect_upstream(false);
-        return true;
-      }
+      if (retry_on_fresh_connection()) return true;
       if (!response_begun_) {
         error(502, resp_in_.empty() ? "the origin closed without a response"
                                     : "the origin closed inside the response head");
@@ -486,6 +479,7 @@ bool HttpProxy::step_response() {
       }
       return true;
     case Io::kFailed:
+      if (retry_on_fresh_connection()) return true;
       if (!response_begun_) {
         error(502, std::string("origin read: ") + std::strerror(errno));
       } else {
@@ -494,6 +488,19 @@ bool HttpProxy::step_response() {
       return true;
   }
   return progress;
+}
+
+bool HttpProxy::retry_on_fresh_connection() {
+  // The origin closed the pooled connection as we reused it: once more on a
+  // fresh one, only for a request without a body (which would be gone).
+  if (!reused_ || response_begun_ || !resp_in_.empty() || has_body_ || !down_out_.empty())
+    return false;
+  drop_upstream();
+  up_out_ = request_head_;
+  keep_alive_ = keep_alive_initial_;
+  pool_ok_ = client_minor_ == 1 && !upgrade_;
+  connect_upstream(false);
+  return true;
 }
 
 void HttpProxy::end_exchange() {

@@ -73,6 +73,9 @@ class HttpProxy {
   // Dials dial_target_ through dial_chain_, or takes a pooled connection.
   void connect_upstream(bool use_pool);
   void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
+  // For a bodyless request whose pooled upstream failed before answering:
+  // redials and returns true.
+  bool retry_on_fresh_connection();
   void end_exchange();
   void start_relay();
   void on_timer();
@@ -109,9 +112,10 @@ class HttpProxy {
   // The request being served.
   ClientRequest request_;
   std::string method_;
-  int client_minor_ = 1;     // the request's HTTP/1.x version
-  bool keep_alive_ = false;  // the client connection outlives this exchange
-  bool upgrade_ = false;     // the client asked for a protocol switch
+  int client_minor_ = 1;             // the request's HTTP/1.x version
+  bool keep_alive_ = false;          // the client connection outlives this exchange
+  bool keep_alive_initial_ = false;  // what the request asked for
+  bool upgrade_ = false;             // the client asked for a protocol switch
   bool response_begun_ = false;
   bool request_done_ = false;
   bool response_done_ = false;

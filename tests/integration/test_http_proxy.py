@@ -7,6 +7,7 @@ keep-alive, pipelining, an Upgrade echo, chains, and every error status.
 
 import os
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -83,9 +84,10 @@ class KeepAliveOrigin(TcpServer):
     """Answers requests with keep-alive, counting connections; with drop_second, closes a
     connection on its second request without answering (an origin that timed it out)."""
 
-    def __init__(self, drop_second=False):
+    def __init__(self, drop_second=False, reset=False):
         super().__init__()
         self.drop_second = drop_second
+        self.reset = reset  # drop with a TCP reset instead of a FIN
         self.accepted = 0
         self.closed = 0
 
@@ -107,6 +109,9 @@ class KeepAliveOrigin(TcpServer):
                         buf += chunk
                     buf = buf.split(b"\r\n\r\n", 1)[1]
                     if served == 1 and self.drop_second:
+                        if self.reset:
+                            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                            struct.pack("ii", 1, 0))
                         return
                     served += 1
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
@@ -312,11 +317,12 @@ class HttpProxyCase(IntegrationCase):
             self.assertEqual(o.accepted, 1)
 
     def test_pooled_connection_closed_by_origin_is_retried(self):
-        with KeepAliveOrigin(drop_second=True) as o:
-            for _ in range(2):
-                rc, out, err = curl("-x", self.http, f"http://{LOOP4}:{o.port}/", timeout=10)
-                self.assertEqual((rc, out), (0, b"ok\n"), err)
-            self.assertEqual(o.accepted, 2)
+        for reset in (False, True):
+            with self.subTest(reset=reset), KeepAliveOrigin(drop_second=True, reset=reset) as o:
+                for _ in range(2):
+                    rc, out, err = curl("-x", self.http, f"http://{LOOP4}:{o.port}/", timeout=10)
+                    self.assertEqual((rc, out), (0, b"ok\n"), err)
+                self.assertEqual(o.accepted, 2)
 
     def test_idle_pooled_connection_closed_after_t(self):
         with KeepAliveOrigin() as o:
