@@ -16,7 +16,7 @@ import unittest
 
 from harness import (
     LOOP4, MiB, IntegrationCase, TcpServer, api_stats, blob, connect, curl, free_port,
-    read_http_head, read_http_response, recv_exact, sha256, stats_field, tinyproxy,
+    read_http_head, read_http_response, recv_exact, rpcall, sha256, stats_field, tinyproxy,
     wait_closed,
 )
 
@@ -271,9 +271,15 @@ class HttpProxyCase(IntegrationCase):
 
     # -- persistent connections
 
+    def lua_requests(self):
+        values = rpcall(self.api_port, "return math.tointeger(neosocksd.stats().num_request)")
+        self.assertIs(values[0], True, values)
+        return values[1]
+
     def test_keep_alive_one_connection(self):
         before = stats_field(api_stats(self.api_port), "Accepted")
         reqs = stats_field(api_stats(self.api_port), "Requests")
+        lua_reqs = self.lua_requests()
         urls = [self.url("/hello"), self.url("/blob/5000"), self.url("/hello")]
         rc, out, err = curl("-x", self.http, *urls, timeout=20)
         self.assertEqual(rc, 0, err)
@@ -282,6 +288,7 @@ class HttpProxyCase(IntegrationCase):
         # api_stats itself is one more accepted connection on the API, not the proxy port.
         self.assertEqual(stats_field(text, "Accepted") - before, 1, text)
         self.assertEqual(stats_field(text, "Requests") - reqs, 3, text)
+        self.assertEqual(self.lua_requests() - lua_reqs, 3)
 
     def test_pipelining_in_order(self):
         reqs = b"".join(f"GET {self.url(p)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
