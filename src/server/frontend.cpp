@@ -150,6 +150,7 @@ class Socks5Frontend final : public Frontend {
 };
 
 // HTTP/1.1 CONNECT (RFC 9110 section 9.3.6), Proxy-Authorization: Basic.
+// Any other method is plain proxying: handed over as kForward, unconsumed.
 class HttpFrontend final : public Frontend {
  public:
   explicit HttpFrontend(const FrontendOptions& opts) : opts_(opts) {}

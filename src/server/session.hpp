@@ -1,5 +1,8 @@
 // One client connection, from accept to close:
 //   handshake (Frontend) -> routing (ruleset) -> dialing (Dialer) -> relaying (Relay)
+// or, when the first HTTP request is not CONNECT, handshake -> proxying: the
+// Session hands the socket to an HttpProxy (server/http_proxy.hpp), which it
+// owns until the connection ends.
 // States only move forward; close() knows what each state holds.
 #pragma once
 
