@@ -150,6 +150,7 @@ class Socks5Frontend final : public Frontend {
 };
 
 // HTTP/1.1 CONNECT (RFC 9110 section 9.3.6), Proxy-Authorization: Basic.
+// Any other method is plain proxying: handed over as kForward, unconsumed.
 class HttpFrontend final : public Frontend {
  public:
   explicit HttpFrontend(const FrontendOptions& opts) : opts_(opts) {}
@@ -168,12 +169,10 @@ class HttpFrontend final : public Frontend {
     }
     const auto& head = r.value;
     if (head.method != "CONNECT") {
-      return fail(
-          proto::http_response(
-              405, {},
-              {{"Allow", "CONNECT"}, {"Connection", "close"}, {"Content-Type", "text/plain"}},
-              "rulesocks: only CONNECT is supported on this port\n"),
-          "http: method " + head.method + " not allowed");
+      // Plain proxying reads the head again itself (server/http_proxy.hpp).
+      Step s;
+      s.status = Step::kForward;
+      return s;
     }
     auto target = proto::parse_address(head.target);
     if (!target)

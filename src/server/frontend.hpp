@@ -25,6 +25,8 @@ struct Step {
     kReply,     // send `out`, keep reading
     kRequest,   // handshake done: `request` is ready (out is empty)
     kFail,      // send `out` (may be empty), then close; `error` says why
+    kForward,   // a plain HTTP request (not CONNECT): hand the connection,
+                // with its unconsumed bytes (consumed is 0), to HttpProxy
   } status = kNeedMore;
   size_t consumed = 0;  // input bytes used by this step
   std::string out;

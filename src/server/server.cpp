@@ -15,6 +15,10 @@
 namespace rs::server {
 namespace {
 
+// Idle upstream connections kept for plain HTTP requests, all origins
+// together: a few per busy origin, few enough to fit the fd headroom.
+constexpr size_t kPooledUpstreams = 16;
+
 net::SockAddr parse_listen(const std::string& text) {
   if (auto sa = net::parse_sockaddr(text)) return *sa;
   // Host names ("localhost:1080") are resolved once, at start-up.
@@ -70,6 +74,8 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   relay_.bidir_timeout = cfg.bidir_timeout;
   relay_.idle_timeout = cfg.bidir_timeout ? cfg.timeout : 0;
   relay_.linger_timeout = cfg.timeout;
+  // Idle upstream connections live as long as idle client ones (-t).
+  pool_ = std::make_unique<UpstreamPool>(loop, kPooledUpstreams, cfg.timeout);
   frontend_.auth_required = cfg.auth_required;
   frontend_.want_credentials = cfg.auth_required || !cfg.ruleset.empty();
 
@@ -166,6 +172,7 @@ void Server::shutdown() {
   control_->stop();
   // close() only queues the removal; drain runs it.
   for (auto& s : sessions_) s->close();
+  pool_->clear();
   deferred_.drain();
 }
 

@@ -22,6 +22,7 @@
 #include "proto/proxy_uri.hpp"
 #include "server/frontend.hpp"
 #include "server/stats.hpp"
+#include "server/upstream_pool.hpp"
 
 namespace rs::ruleset {
 class Engine;
@@ -66,6 +67,8 @@ class Server {
   ruleset::Engine* engine();
   ev::Deferred& deferred() { return deferred_; }
   Stats& stats() { return stats_; }
+  // Idle upstream connections of plain HTTP requests.
+  UpstreamPool& upstream_pool() { return *pool_; }
   const net::DialOptions& dial_options() const { return dial_; }
   const net::RelayOptions& relay_options() const { return relay_; }
   const FrontendOptions& frontend_options() const { return frontend_; }
@@ -104,6 +107,7 @@ class Server {
   std::vector<net::SockAddr> protected_;
   net::SelfConnections self_;  // before control_ (the API) and the sessions that dial
   Stats stats_;
+  std::unique_ptr<UpstreamPool> pool_;
   size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up
   double last_fd_warning_ = -1e9;
   double start_time_;

@@ -9,6 +9,7 @@
 
 #include "core/log.hpp"
 #include "ruleset/engine.hpp"
+#include "server/routing.hpp"
 #include "server/server.hpp"
 
 namespace rs::server {
@@ -136,12 +137,27 @@ void Session::handle(Step step) {
       ++server_.stats().bad_requests;
       fail(std::move(step.out), step.error);
       return;
+    case Step::kForward:
+      proxy_http();
+      return;
     case Step::kRequest:
       request_ = std::move(step.request);
       ++server_.stats().requests;
       route();
       return;
   }
+}
+
+void Session::proxy_http() {
+  // Keep-alive connections idle between requests: not half-open any more.
+  leave_halfopen();
+  io_.stop();
+  timer_.stop();
+  state_ = State::kProxying;
+  proxy_ = std::make_unique<HttpProxy>(server_, std::move(client_), peer_, std::move(in_),
+                                       [this] { close(); });
+  in_.clear();
+  proxy_->start();
 }
 
 void Session::route() {
@@ -151,14 +167,7 @@ void Session::route() {
     return;
   }
   state_ = State::kRouting;
-  const auto& t = request_.target;
-  ruleset::Request req;
-  req.kind = t.is_ipv4()   ? ruleset::Request::Kind::kRoute
-             : t.is_ipv6() ? ruleset::Request::Kind::kRoute6
-                           : ruleset::Request::Kind::kResolve;
-  req.addr = request_.target.to_string();
-  req.username = request_.username;
-  req.password = request_.password;
+  ruleset::Request req = routing_request(request_);
   routing_ =
       engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {
         on_routed(std::move(d), why);
@@ -172,10 +181,7 @@ void Session::on_routed(std::optional<ruleset::Decision> d, const std::string& w
     reject(net::DialError::kNotAllowed, why);
     return;
   }
-  // The -x chain is this node's way out, so the ruleset's hops follow it.
-  std::vector<proto::ProxyUri> chain = server_.proxy_chain();
-  chain.insert(chain.end(), std::make_move_iterator(d->chain.begin()),
-               std::make_move_iterator(d->chain.end()));
+  std::vector<proto::ProxyUri> chain = decision_chain(server_.proxy_chain(), *d);
   // Only a target the ruleset rewrote may reach the API (neosocksd's
   // api.neosocksd.internal convention); one it passed through may not.
   const bool rewritten = d->target != request_.target;
@@ -298,6 +304,8 @@ void Session::teardown() {
   server_.deferred().dispose(std::move(routing_));
   server_.deferred().dispose(std::move(dialer_));
   server_.deferred().dispose(std::move(relay_));
+  if (proxy_) proxy_->stop();
+  server_.deferred().dispose(std::move(proxy_));
   client_.reset();
 }
 

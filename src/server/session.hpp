@@ -1,5 +1,8 @@
 // One client connection, from accept to close:
 //   handshake (Frontend) -> routing (ruleset) -> dialing (Dialer) -> relaying (Relay)
+// or, when the first HTTP request is not CONNECT, handshake -> proxying: the
+// Session hands the socket to an HttpProxy (server/http_proxy.hpp), which it
+// owns until the connection ends.
 // States only move forward; close() knows what each state holds.
 #pragma once
 
@@ -16,6 +19,7 @@
 #include "net/sockaddr.hpp"
 #include "ruleset/engine.hpp"
 #include "server/frontend.hpp"
+#include "server/http_proxy.hpp"
 
 namespace rs::server {
 
@@ -36,11 +40,12 @@ class Session {
   void close();
 
  private:
-  enum class State { kHandshake, kRouting, kDialing, kRelaying, kLingering, kClosed };
+  enum class State { kHandshake, kRouting, kDialing, kRelaying, kLingering, kProxying, kClosed };
 
   void on_readable();
   void on_timeout();
   void handle(Step step);
+  void proxy_http();
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
@@ -68,6 +73,7 @@ class Session {
   std::unique_ptr<Cancellable> routing_;
   std::unique_ptr<net::Dialer> dialer_;
   std::unique_ptr<net::Relay> relay_;
+  std::unique_ptr<HttpProxy> proxy_;  // kProxying: owns the client socket
   std::list<std::unique_ptr<Session>>::iterator self_;
 };
 

@@ -145,7 +145,11 @@ Transcript converse(const server::FrontendOptions& opts, bool http_listener, fuz
       t.events.push_back({s.status, s.consumed, s.out, s.request.target.to_string(),
                           s.request.username, s.request.password, s.error});
       in.erase(0, s.consumed);
-      if (s.status == Step::kRequest || s.status == Step::kFail) {
+      if (s.status == Step::kForward) {
+        // A plain HTTP request: handed over whole, to be read again.
+        FUZZ_CHECK(t.name == "http" && s.consumed == 0 && s.out.empty());
+      }
+      if (s.status == Step::kRequest || s.status == Step::kFail || s.status == Step::kForward) {
         if (s.status == Step::kRequest && check_replies) check_final_replies(*fe);
         t.left = in + std::string(reinterpret_cast<const char*>(client.data() + pos),
                                   client.size() - pos);

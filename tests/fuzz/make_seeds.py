@@ -124,6 +124,31 @@ SEEDS = {
         "reply_refused_v6": b(5, 5, 0, s5addr("v6", V6, 1080)),
         "reply_name": b(5, 0, 0, s5addr("name", "bound.example", 1080)),
     },
+    # http_forward: one option byte (bit 0: the response answers HEAD), then a
+    # request or response head and body bytes.
+    "http_forward": {
+        "get_absolute": "\x00GET http://example.org:8080/a?b HTTP/1.1\r\nHost: x\r\n"
+                        "Proxy-Connection: keep-alive\r\nConnection: X-A\r\nX-A: 1\r\n\r\n",
+        "post_length": "\x00POST http://[::1]/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET",
+        "post_chunked": "\x00POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nnext",
+        "te_and_cl": "\x00POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                     "Content-Length: 3\r\n\r\n0\r\n\r\n",
+        "duplicate_cl": "\x00POST http://a/ HTTP/1.1\r\nContent-Length: 3\r\n"
+                        "Content-Length: 3\r\n\r\nabc",
+        "upgrade": "\x00GET http://a/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "origin_form": "\x00GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        "response_chunked": "\x00HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                            "Connection: close, X-H\r\nX-H: 1\r\n\r\n1a\r\n" + "x" * 26 +
+                            "\r\n0\r\n\r\n",
+        "response_head": "\x01HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+        "response_close": "\x00HTTP/1.0 200 OK\r\n\r\nuntil close",
+        "response_101": "\x00HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\n\r\nframes",
+        "response_304": "\x00HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        "chunk_bare_lf": "\x005\nhello\r\n0\r\n\r\n",
+        "chunk_huge": "\x00ffffffffffffffff\r\nabc",
+    },
     "http": {
         "connect": CONNECT,
         "connect_auth": CONNECT_AUTH,

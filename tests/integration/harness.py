@@ -565,20 +565,70 @@ class _OriginHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _send_chunked(self, body, piece=64 * 1024):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(body), piece):
+            part = body[i:i + piece]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        self.wfile.write(b"0\r\nX-Trailer: done\r\n\r\n")
+
+    def _read_body(self):
+        """The request body, Content-Length or chunked (trailers skipped)."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        out = bytearray()
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                raise ConnectionError("client closed inside a chunked body")
+            size = int(line.split(b";")[0], 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                return bytes(out)
+            out += self.rfile.read(size)
+            self.rfile.readline()
+
     def do_GET(self):
         # /blob/<n>[/<seed>]: n deterministic pseudo-random bytes
+        # /chunked/<n>: the same as /blob/<n>, in chunked coding with a trailer
+        # /headers: the request line and fields as received, as text
         parts = self.path.split("?")[0].strip("/").split("/")
         if parts[0] == "blob" and len(parts) in (2, 3) and all(p.isdigit() for p in parts[1:]):
             n = int(parts[1])
             seed = int(parts[2]) if len(parts) == 3 else None
             self._send(200, blob(n, seed))
+        elif parts[0] == "chunked" and len(parts) == 2 and parts[1].isdigit():
+            self._send_chunked(blob(int(parts[1])))
+        elif parts == ["headers"]:
+            self._send(200, (self.requestline + "\n" + str(self.headers)).encode(), "text/plain")
         elif parts == ["hello"]:
             self._send(200, b"hello from origin\n", "text/plain")
         else:
             self._send(404, b"not found\n", "text/plain")
 
+    do_HEAD = do_GET
+
+    def _method(self):
+        # Any other method: "<METHOD> <path> <body length>".
+        body = self._read_body()
+        self._send(200, f"{self.command} {self.path} {len(body)}\n".encode(), "text/plain")
+
+    do_DELETE = do_OPTIONS = do_PATCH = _method
+
     def do_POST(self):
-        # /echo returns the body; /sink returns "<length> <sha256>" of it.
+        # /echo returns the body; /sink returns "<length> <sha256>" of it
+        # (Content-Length or chunked).
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = self._read_body()
+            if self.path == "/echo":
+                self._send(200, body)
+            else:
+                self._send(200, f"{len(body)} {sha256(body)}\n".encode(), "text/plain")
+            return
         length = int(self.headers.get("Content-Length", "0"))
         remaining, h, chunks = length, hashlib.sha256(), []
         echo = self.path == "/echo"

@@ -426,23 +426,22 @@ class Garbage(IntegrationCase):
                 with self.subTest(first=first, seed=seed):
                     self.send_and_expect_close(data)
 
-    def test_http_get_405(self):
-        """A plain GET gets 405 with Allow: CONNECT and a body, then close."""
+    def test_http_origin_form_400(self):
+        """A request in origin-form on the proxy port gets 400 with a text body, then close."""
         with connect(self.proxy.port) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
             status, headers, body, _ = read_http_response(s)
-            self.assertEqual(status, "HTTP/1.1 405 Method Not Allowed")
-            self.assertEqual(headers.get("allow"), "CONNECT")
-            self.assertTrue(body, "405 without a body")
+            self.assertEqual(status, "HTTP/1.1 400 Bad Request")
+            self.assertTrue(body.startswith(b"rulesocks: "), body)
             self.assertEqual(int(headers["content-length"]), len(body))
             self.assertIsNotNone(wait_closed(s, 2))
         still_serving(self, self.proxy, self.origin)
 
-    def test_curl_plain_http_proxy_405(self):
-        """curl using the proxy as a forward HTTP proxy (no -p) sees 405."""
-        rc, out, err = curl("-x", f"http://{LOOP4}:{self.proxy.port}", "-o", "/dev/null",
-                            "-w", "%{http_code}", self.origin.url("/hello"), timeout=10)
-        self.assertEqual((rc, out), (0, b"405"), err)
+    def test_curl_plain_http_proxy(self):
+        """curl using the proxy as a forward HTTP proxy (no -p) gets the page."""
+        rc, out, err = curl("-x", f"http://{LOOP4}:{self.proxy.port}", self.origin.url("/hello"),
+                            timeout=10)
+        self.assertEqual((rc, out), (0, b"hello from origin\n"), err)
 
     def test_socks5_greeting_without_methods(self):
         """SOCKS5 greeting with NMETHODS = 0 (malformed): closed without a reply."""
