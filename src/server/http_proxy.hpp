@@ -86,7 +86,8 @@ class HttpProxy {
   void finish(std::string_view why);
   void drop_upstream();
 
-  Io read_some(int fd, std::string& buf);
+  // Appends what one recv() brings to `into`, or discards it when null.
+  Io read_some(int fd, std::string* into);
   Io write_some(int fd, std::string& buf);
 
   Server& server_;

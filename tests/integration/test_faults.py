@@ -243,7 +243,7 @@ class SlowClients(FaultCase):
                                 "the handshake timeout did not close the slow clients")
 
     def test_slow_body_http_listener(self):
-        """-B: POST heads get 405 and a close; CONNECT clients are served meanwhile."""
+        """-B: origin-form POST heads get 400 and a close; CONNECT clients are served meanwhile."""
         self.run_attack("-B", f"http://{LOOP4}:{self.proxy.http_port}/", 6, self.fetch_proxy)
 
     def test_slowloris_api(self):
