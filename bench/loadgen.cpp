@@ -2,10 +2,12 @@
 // (bench/compare drives it). One thread, one epoll set, non-blocking sockets,
 // nothing but libc.
 //
-//   rs-loadgen origin --listen 127.0.0.1:PORT --mode reply:N|source|sink
+//   rs-loadgen origin --listen 127.0.0.1:PORT --mode reply:N|http:N|source|sink
 //   rs-loadgen rate   --proxy H:P --proto P --target H:P -c CONNS -d SECONDS [--pid PID]
 //   rs-loadgen bulk   --proxy H:P --proto P --target H:P --dir up|down -n BYTES [--pid PID]
 //   rs-loadgen idle   --proxy H:P --proto P --target H:P -n N --pid PID
+//   rs-loadgen get    [--proxy H:P] --proto http|direct --target H:P -c CONNS -d SECONDS [--pid
+//   PID]
 //
 // Every client run prints one human-readable line and one line starting with
 // "JSON " that holds the same numbers as a JSON object.
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdint>
@@ -29,6 +32,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -247,7 +252,7 @@ long tree_rss_kib(int pid) {
 // ---------------------------------------------------------------- options
 
 struct Options {
-  std::string mode;  // origin | rate | bulk | idle
+  std::string mode;  // origin | rate | bulk | idle | get
   // origin
   std::string listen = "127.0.0.1:0";
   std::string origin_mode = "reply:64";
@@ -275,8 +280,8 @@ struct Options {
 void usage() {
   std::puts(
       "usage:\n"
-      "  rs-loadgen origin --listen ADDR:PORT --mode reply:N|source|sink [--request B] [--lifetime "
-      "S]\n"
+      "  rs-loadgen origin --listen ADDR:PORT --mode reply:N|http:N|source|sink [--request B]\n"
+      "             [--lifetime S]\n"
       "  rs-loadgen rate --proxy H:P --proto PROTO --target H:P -c CONNS -d SECONDS [--pid PID]\n"
       "             [--warmup S] [--request B] [--reply B] [--timeout S]\n"
       "  rs-loadgen bulk --proxy H:P --proto PROTO --target H:P --dir up|down -n BYTES [-d "
@@ -284,6 +289,12 @@ void usage() {
       "             [-c STREAMS] [--pid PID]\n"
       "  rs-loadgen idle --proxy H:P --proto PROTO --target H:P -n SESSIONS --pid PID [--batch B]\n"
       "             [--hold S]\n"
+      "  rs-loadgen get [--proxy H:P] --proto http|direct --target H:P -c CONNS -d SECONDS\n"
+      "             [--pid PID] [--timeout S]\n"
+      "origin http:N answers every HTTP/1.x request head (no request bodies) with 200 and an\n"
+      "N-byte body, keeping the connection unless asked to close. get: keep-alive GETs of /,\n"
+      "absolute-form through an HTTP proxy (http) or origin-form to the target (direct), each\n"
+      "response read by its Content-Length.\n"
       "PROTO: direct socks4 socks4a socks5 socks5h http (socks4a/socks5h send the target host\n"
       "as a name). --pid: proxy process whose CPU time (and RSS, with idle) is measured, children\n"
       "included. --label TEXT is copied into the JSON line. BYTES take K, M, G suffixes (binary).");
@@ -383,17 +394,20 @@ constexpr size_t kBig = 256 * 1024;
 char g_big[kBig];
 
 int run_origin(const Options& o) {
-  enum class M { kReply, kSource, kSink } mode;
+  enum class M { kReply, kHttp, kSource, kSink } mode;
   uint64_t reply_bytes = 0;
   if (o.origin_mode.rfind("reply:", 0) == 0) {
     mode = M::kReply;
     reply_bytes = parse_size(o.origin_mode.substr(6));
+  } else if (o.origin_mode.rfind("http:", 0) == 0) {
+    mode = M::kHttp;
+    reply_bytes = parse_size(o.origin_mode.substr(5));
   } else if (o.origin_mode == "source") {
     mode = M::kSource;
   } else if (o.origin_mode == "sink") {
     mode = M::kSink;
   } else {
-    die("--mode: expected reply:N, source or sink");
+    die("--mode: expected reply:N, http:N, source or sink");
   }
   const uint64_t request_bytes = o.request > 0 ? static_cast<uint64_t>(o.request) : 1;
   rlim_t nofile = raise_nofile();
@@ -438,17 +452,76 @@ int run_origin(const Options& o) {
   };
   std::vector<Conn> conns(static_cast<size_t>(std::min<rlim_t>(nofile, 1 << 20)) + 16);
   static char rbuf[kBig];
+  // http mode only (kept out of Conn, which is allocated for every possible fd):
+  // the partial request head and the unsent part of the responses, per fd.
+  struct HttpConn {
+    std::string in, out;
+    size_t out_off = 0;
+    bool close_after = false;  // the client asked to close: do so once `out` is sent
+  };
+  std::unordered_map<int, HttpConn> http;
+  const std::string http_body(static_cast<size_t>(reply_bytes), 'x');
+  const std::string http_head =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: " +
+      std::to_string(reply_bytes) + "\r\n";
+  // Queues one response per complete request head in `h.in` (pipelining
+  // included); false when the input is not HTTP.
+  auto http_requests = [&](HttpConn& h) -> bool {
+    size_t pos = 0;
+    for (;;) {
+      size_t end = h.in.find("\r\n\r\n", pos);
+      if (end == std::string::npos) break;
+      std::string head = h.in.substr(pos, end + 4 - pos);
+      pos = end + 4;
+      size_t eol = head.find("\r\n");
+      if (eol < 9 || head.compare(eol - 9, 8, " HTTP/1.") != 0) return false;
+      for (char& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      bool http10 = head[eol - 1] == '0';
+      bool close = head.find("\r\nconnection: close") != std::string::npos ||
+                   head.find("\r\nproxy-connection: close") != std::string::npos ||
+                   (http10 && head.find("\r\nconnection: keep-alive") == std::string::npos);
+      h.out += http_head;
+      h.out += close ? "Connection: close\r\n\r\n" : "\r\n";
+      h.out += http_body;
+      if (close) {
+        h.close_after = true;
+        break;  // anything after a request that closes is ignored
+      }
+    }
+    h.in.erase(0, pos);
+    return h.in.size() <= 64 * 1024;  // a head that never ends
+  };
 
   std::printf("READY %s:%u mode=%s\n", host, port, o.origin_mode.c_str());
   std::fflush(stdout);
 
   auto close_conn = [&](int fd) {
     conns[fd] = Conn{};
+    if (mode == M::kHttp) http.erase(fd);
     close(fd);
   };
   // Returns false when the connection was closed.
   auto pump_write = [&](int fd) -> bool {
     Conn& c = conns[fd];
+    if (mode == M::kHttp) {
+      HttpConn& h = http[fd];
+      while (h.out_off < h.out.size()) {
+        ssize_t w = send(fd, h.out.data() + h.out_off, h.out.size() - h.out_off, MSG_NOSIGNAL);
+        if (w < 0) {
+          if (errno == EAGAIN || errno == EINTR) return true;
+          close_conn(fd);
+          return false;
+        }
+        h.out_off += static_cast<size_t>(w);
+      }
+      h.out.clear();
+      h.out_off = 0;
+      if (h.close_after) {
+        close_conn(fd);
+        return false;
+      }
+      return true;
+    }
     while (mode == M::kSource || c.to_send > 0) {
       size_t n =
           mode == M::kSource ? kBig : static_cast<size_t>(std::min<uint64_t>(c.to_send, kBig));
@@ -479,6 +552,16 @@ int run_origin(const Options& o) {
         return false;
       }
       c.received += static_cast<uint64_t>(r);
+      if (mode == M::kHttp) {
+        HttpConn& h = http[fd];
+        if (!h.close_after) {
+          h.in.append(rbuf, static_cast<size_t>(r));
+          if (!http_requests(h)) {
+            close_conn(fd);
+            return false;
+          }
+        }
+      }
       if (mode == M::kReply && !c.replied && c.received >= request_bytes) {
         c.replied = true;
         c.to_send = reply_bytes;
@@ -523,7 +606,8 @@ int run_origin(const Options& o) {
       uint32_t e = evs[i].events;
       if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         if (!pump_read(fd, e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) continue;
-      if (mode != M::kSink && (e & EPOLLOUT || conns[fd].to_send > 0)) pump_write(fd);
+      bool owed = mode == M::kHttp ? !http[fd].out.empty() : conns[fd].to_send > 0;
+      if (mode != M::kSink && (e & EPOLLOUT || owed)) pump_write(fd);
     }
   }
   return 0;
@@ -1266,6 +1350,307 @@ int Runner::run_idle() {
   return held == n ? 0 : 1;
 }
 
+// ---------------------------------------------------------------- get
+
+// Keep-alive HTTP/1.1 GETs on -c connections for -d seconds: each connection
+// sends one request, reads the response by its Content-Length, and sends the
+// next; a response that says `Connection: close` (or a peer that closes
+// between responses) makes it reconnect, which `connects` counts. A reused
+// connection closed before any byte of the next response is retried on a new
+// one, as browsers do (tinyproxy closes after every response without saying
+// `Connection: close`): `retries` counts those.
+class GetRunner {
+ public:
+  explicit GetRunner(const Options& o) : o_(o) {
+    if (o_.target.empty()) die("--target is required");
+    if (o_.proto != "http" && o_.proto != "direct") die("get: --proto must be http or direct");
+    target_ = parse_endpoint(o_.target, o_.proto == "direct");
+    if (o_.proto == "http") {
+      if (o_.proxy.empty()) die("--proxy is required with --proto http");
+      connect_to_ = parse_endpoint(o_.proxy, true);
+      request_ = "GET http://" + target_.authority() +
+                 "/ HTTP/1.1\r\nHost: " + target_.authority() +
+                 "\r\nUser-Agent: rs-loadgen\r\n\r\n";
+    } else {
+      connect_to_ = target_;
+      request_ =
+          "GET / HTTP/1.1\r\nHost: " + target_.authority() + "\r\nUser-Agent: rs-loadgen\r\n\r\n";
+    }
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    if (ep_ < 0) die("epoll_create1: %s", std::strerror(errno));
+  }
+
+  int run();
+
+ private:
+  struct Conn {
+    int fd = -1;
+    bool connecting = false;
+    bool busy = false;       // a request is outstanding
+    bool head_done = false;  // its response head has been read
+    bool close_after = false;
+    bool want_out = false;  // EPOLLOUT is in the interest set
+    uint64_t served = 0;    // responses read on this connection
+    uint64_t body_left = 0;
+    size_t woff = 0;
+    size_t rlen = 0;
+    int64_t t_req = 0;
+    char rbuf[4096];
+  };
+
+  void open_conn(Conn& c, size_t slot);
+  void close_conn(Conn& c) {
+    if (c.fd >= 0) close(c.fd);
+    c.fd = -1;
+    c.busy = c.connecting = false;
+  }
+  void fail(Conn& c, const std::string& why) {
+    // The peer closed a reused connection before answering: retry the
+    // request on a new connection (the run loop opens it).
+    if (c.busy && c.served > 0 && !c.head_done && c.rlen == 0) {
+      ++retries_;
+      return close_conn(c);
+    }
+    ++errors_;
+    if (first_error_.empty()) first_error_ = why;
+    close_conn(c);
+  }
+  void interest(Conn& c, size_t slot, bool out) {
+    if (out == c.want_out) return;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP | (out ? EPOLLOUT : 0u);
+    ev.data.u64 = slot;
+    epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
+    c.want_out = out;
+  }
+  bool send_request(Conn& c, size_t slot);
+  bool flush(Conn& c, size_t slot);
+  void on_readable(Conn& c, size_t slot);
+  // Parses the head in rbuf: bytes it takes, 0 if incomplete, -1 if bad.
+  long parse_head(Conn& c, std::string& err);
+  void on_event(size_t slot, uint32_t events);
+
+  const Options& o_;
+  Endpoint target_, connect_to_;
+  std::string request_;
+  int ep_ = -1;
+  std::vector<Conn> conns_;
+  bool before_deadline_ = true;
+  int64_t deadline_ = 0;
+  uint64_t ok_ = 0, ok_in_window_ = 0, errors_ = 0, connects_ = 0, retries_ = 0;
+  std::string first_error_;
+  Latencies lat_;
+};
+
+void GetRunner::open_conn(Conn& c, size_t slot) {
+  c = Conn{};
+  c.fd = socket(connect_to_.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (c.fd < 0) return fail(c, strf("socket: %s", std::strerror(errno)));
+  int on = 1;
+  setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
+  ev.data.u64 = slot;
+  c.want_out = true;
+  if (epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev) != 0)
+    return fail(c, strf("epoll_ctl: %s", std::strerror(errno)));
+  ++connects_;
+  c.connecting = true;
+  c.t_req = now_ns();  // the first request's latency includes the connect
+  if (connect(c.fd, reinterpret_cast<const sockaddr*>(&connect_to_.ss), connect_to_.len) != 0 &&
+      errno != EINPROGRESS)
+    fail(c, strf("connect: %s", std::strerror(errno)));
+}
+
+bool GetRunner::flush(Conn& c, size_t slot) {
+  while (c.woff < request_.size()) {
+    ssize_t n = send(c.fd, request_.data() + c.woff, request_.size() - c.woff, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) {
+        interest(c, slot, true);
+        return true;
+      }
+      fail(c, strf("send: %s", std::strerror(errno)));
+      return false;
+    }
+    c.woff += static_cast<size_t>(n);
+  }
+  interest(c, slot, false);
+  return true;
+}
+
+bool GetRunner::send_request(Conn& c, size_t slot) {
+  c.busy = true;
+  c.head_done = c.close_after = false;
+  c.body_left = 0;
+  c.woff = 0;
+  if (!c.connecting) c.t_req = now_ns();
+  return flush(c, slot);
+}
+
+long GetRunner::parse_head(Conn& c, std::string& err) {
+  std::string_view v(c.rbuf, c.rlen);
+  size_t end = v.find("\r\n\r\n");
+  if (end == std::string_view::npos) {
+    if (c.rlen == sizeof c.rbuf) {
+      err = "response head too long";
+      return -1;
+    }
+    return 0;
+  }
+  if (v.size() < 12 || v.substr(0, 7) != "HTTP/1." || v.substr(9, 3) != "200") {
+    err = "response \"" + std::string(v.substr(0, std::min(v.find('\r'), size_t{40}))) + "\"";
+    return -1;
+  }
+  std::string head(v.substr(0, end + 2));
+  for (char& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  size_t cl = head.find("\r\ncontent-length:");
+  if (cl == std::string::npos) {
+    err = "response without Content-Length";
+    return -1;
+  }
+  c.body_left = std::strtoull(head.c_str() + cl + 17, nullptr, 10);
+  bool http10 = head[7] == '0';
+  c.close_after = head.find("\r\nconnection: close") != std::string::npos ||
+                  (http10 && head.find("\r\nconnection: keep-alive") == std::string::npos);
+  return static_cast<long>(end + 4);
+}
+
+void GetRunner::on_readable(Conn& c, size_t slot) {
+  ssize_t n = recv(c.fd, c.rbuf + c.rlen, sizeof c.rbuf - c.rlen, 0);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EINTR) fail(c, strf("recv: %s", std::strerror(errno)));
+    return;
+  }
+  if (n == 0) {
+    if (!c.busy && before_deadline_)
+      return close_conn(c);  // closed between requests: the loop reconnects
+    return fail(c, c.busy ? "connection closed before the response ended"
+                          : "connection closed after the deadline");
+  }
+  c.rlen += static_cast<size_t>(n);
+  if (!c.busy) return fail(c, "data before any request");
+  if (!c.head_done) {
+    std::string err;
+    long used = parse_head(c, err);
+    if (used < 0) return fail(c, err);
+    if (used == 0) return;
+    c.head_done = true;
+    c.rlen -= static_cast<size_t>(used);  // body bytes already read
+    std::memmove(c.rbuf, c.rbuf + used, c.rlen);
+  }
+  uint64_t take = std::min<uint64_t>(c.rlen, c.body_left);
+  c.body_left -= take;
+  c.rlen -= static_cast<size_t>(take);
+  if (c.body_left > 0) {
+    c.rlen = 0;  // body bytes are not kept
+    return;
+  }
+  if (c.rlen > 0) return fail(c, "bytes after the response");
+  int64_t t = now_ns();
+  lat_.add(t - c.t_req);
+  ++ok_;
+  if (t <= deadline_) ++ok_in_window_;
+  ++c.served;
+  c.busy = false;
+  if (c.close_after || !before_deadline_) return close_conn(c);
+  send_request(c, slot);
+}
+
+void GetRunner::on_event(size_t slot, uint32_t events) {
+  Conn& c = conns_[slot];
+  if (c.fd < 0) return;
+  if (c.connecting) {
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      int err = 0;
+      socklen_t len = sizeof err;
+      getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      return fail(c, strf("connect: %s", std::strerror(err ? err : ECONNREFUSED)));
+    }
+    if (!(events & EPOLLOUT)) return;
+    if (!send_request(c, slot)) return;
+    c.connecting = false;
+    return;
+  }
+  if ((events & EPOLLOUT) && c.busy && !flush(c, slot)) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) on_readable(c, slot);
+}
+
+int GetRunner::run() {
+  if (o_.conns < 1) die("-c must be at least 1");
+  conns_.resize(static_cast<size_t>(o_.conns));
+  CpuMeter cpu(o_.pid);
+  const int64_t t_start = now_ns();
+  deadline_ = t_start + static_cast<int64_t>(o_.duration * 1e9);
+  const int64_t limit = static_cast<int64_t>(o_.timeout * 1e9);
+  const int64_t grace_end = deadline_ + limit + 1000000000;
+  int64_t last_timeout_check = t_start;
+  std::vector<epoll_event> evs(1024);
+  for (;;) {
+    int64_t now = now_ns();
+    before_deadline_ = now < deadline_ && !g_stop && !(ok_ == 0 && errors_ >= 1000);
+    size_t busy = 0;
+    for (size_t i = 0; i < conns_.size(); ++i) {
+      if (conns_[i].fd < 0 && before_deadline_) open_conn(conns_[i], i);
+      if (conns_[i].fd >= 0 && (conns_[i].busy || before_deadline_)) ++busy;
+    }
+    if (busy == 0 || now > grace_end || (g_stop && now > deadline_)) break;
+    int n = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), 20);
+    if (n < 0 && errno != EINTR) die("epoll_wait: %s", std::strerror(errno));
+    for (int i = 0; i < n; ++i) on_event(evs[i].data.u64, evs[i].events);
+    if (now - last_timeout_check > 100000000) {
+      last_timeout_check = now;
+      for (Conn& c : conns_)
+        if (c.fd >= 0 && c.busy && now - c.t_req > limit) {
+          c.served = 0;  // a timeout is an error, never retried
+          fail(c, c.connecting ? "connect timeout" : "response timeout");
+        }
+    }
+  }
+  double cpu_s = cpu.used();
+  for (Conn& c : conns_) {
+    if (c.fd >= 0 && c.busy) {
+      c.served = 0;  // no retry now
+      fail(c, "unfinished at the end of the run");
+    }
+    close_conn(c);
+  }
+  double rate = static_cast<double>(ok_in_window_) / o_.duration;
+  std::string human = strf(
+      "get %s c=%d d=%.1fs: %.0f req/s (%llu requests on %llu connections, %llu retried, %llu "
+      "errors), p50/p90/p99 %.3f/%.3f/%.3f ms",
+      o_.proto.c_str(), o_.conns, o_.duration, rate, static_cast<unsigned long long>(ok_),
+      static_cast<unsigned long long>(connects_), static_cast<unsigned long long>(retries_),
+      static_cast<unsigned long long>(errors_), lat_.pct(0.5), lat_.pct(0.9), lat_.pct(0.99));
+  std::string json = strf(
+      "\"conns\":%d,\"seconds\":%.3f,\"requests\":%llu,\"req_per_s\":%.1f,\"connects\":%llu,"
+      "\"retries\":%llu,\"errors\":%llu,\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f",
+      o_.conns, o_.duration, static_cast<unsigned long long>(ok_), rate,
+      static_cast<unsigned long long>(connects_), static_cast<unsigned long long>(retries_),
+      static_cast<unsigned long long>(errors_), lat_.pct(0.5), lat_.pct(0.9), lat_.pct(0.99));
+  if (cpu_s >= 0) {
+    // CPU over the run (including the grace period) against every finished request.
+    double per_us = ok_ ? cpu_s * 1e6 / static_cast<double>(ok_) : 0;
+    double per_cpu = cpu_s > 0 ? static_cast<double>(ok_) / cpu_s : 0;
+    human += strf(", proxy cpu %.2f s (%.1f us/req, %.0f req/cpu-s)", cpu_s, per_us, per_cpu);
+    json += strf(",\"proxy_cpu_s\":%.3f,\"cpu_us_per_req\":%.2f,\"req_per_cpu_s\":%.1f", cpu_s,
+                 per_us, per_cpu);
+  }
+  if (!first_error_.empty()) {
+    human += "; first error: " + first_error_;
+    json += ",\"first_error\":\"" + json_escape(first_error_) + "\"";
+  }
+  std::printf("%s\n", human.c_str());
+  std::printf(
+      "JSON "
+      "{\"mode\":\"get\",\"proto\":\"%s\",\"proxy\":\"%s\",\"target\":\"%s\",\"label\":\"%s\",%s}"
+      "\n",
+      o_.proto.c_str(), json_escape(o_.proxy).c_str(), json_escape(o_.target).c_str(),
+      json_escape(o_.label).c_str(), json.c_str());
+  std::fflush(stdout);
+  return ok_ > 0 ? 0 : 1;
+}
+
 int Runner::run() {
   if (o_.mode == "rate") return run_rate();
   if (o_.mode == "bulk") return run_bulk();
@@ -1277,7 +1662,7 @@ int Runner::run() {
 int main(int argc, char** argv) {
   Options o = parse_args(argc, argv);
   if (o.mode == "origin") return run_origin(o);
-  if (o.mode != "rate" && o.mode != "bulk" && o.mode != "idle") {
+  if (o.mode != "rate" && o.mode != "bulk" && o.mode != "idle" && o.mode != "get") {
     usage();
     return 2;
   }
@@ -1286,6 +1671,7 @@ int main(int argc, char** argv) {
     die("idle -n %llu needs more file descriptors than RLIMIT_NOFILE allows (%llu)",
         static_cast<unsigned long long>(o.count), static_cast<unsigned long long>(nofile));
   install_signals();
+  if (o.mode == "get") return GetRunner(o).run();
   Runner r(o);
   return r.run();
 }
