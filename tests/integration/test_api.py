@@ -797,11 +797,16 @@ class TimeoutTest(IntegrationCase):
         s.connect(("127.0.0.1", self.api))
         size = 32 * MiB
         with s:
-            # Random bytes: the reply neither compresses nor fits in socket buffers.
+            # Random bytes: the reply neither compresses nor fits in socket buffers. A 64 KiB
+            # random block repeated is as incompressible (deflate looks back 32 KiB at most) and
+            # quick to build even under ASan on a busy machine, where building 32 MiB a double
+            # at a time kept the loop from answering /healthy in time.
+            block = 64 * 1024
             s.sendall(http_request_bytes(
                 "POST", "/ruleset/rpcall",
-                f"local t = {{}} for i = 1, {size // 8} do t[i] = string.pack('<d', math.random()) "
-                f"end return table.concat(t)".encode(), [("Content-Type", RPC_TYPE)]))
+                f"local t = {{}} for i = 1, {block // 8} do t[i] = string.pack('<d', math.random()) "
+                f"end return table.concat(t):rep({size // block})".encode(),
+                [("Content-Type", RPC_TYPE)]))
             time.sleep(self.TIMEOUT * 2.5)
             # Meanwhile the server answers others.
             self.assertEqual(api_call(self.api, "GET", "/healthy").status, 200)

@@ -309,9 +309,12 @@ class BrowserCase(IntegrationCase):
         # Closed by the header deadline, not by slowhttptest's own end (-l 6).
         self.assertGreater(closed, 1.5)
         self.assertLess(closed, length - 1)
+        # Every connection was made (open now plus closed so far: the report samples once a
+        # second, so a sample may fall between the first close and the last connect; /stats
+        # above saw them all open at once).
         with open(prefix + ".csv") as f:
-            peak = max(int(row["Connected"]) for row in csv.DictReader(f))
-        self.assertEqual(peak, conns)
+            reached = max(int(row["Connected"]) + int(row["Closed"]) for row in csv.DictReader(f))
+        self.assertGreaterEqual(reached, conns)
         self.assertGreaterEqual(self.bad_requests() - bad0, conns)
 
     def bad_requests(self):
