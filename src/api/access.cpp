@@ -62,8 +62,9 @@ Access::Access(ev::Loop* loop, ApiBackend& backend, const net::SelfConnections* 
 
 std::optional<ApiResponse> Access::check(const net::SockAddr& peer, std::string_view method,
                                          std::string_view path, const proto::HttpHeaders& headers) {
-  // Liveness stays open: load balancers and service managers probe it.
-  if (path == "/healthy") return std::nullopt;
+  // Liveness and metrics stay open: load balancers, service managers and
+  // Prometheus scrapers probe them (issue 12).
+  if (path == "/healthy" || path == "/metrics") return std::nullopt;
   if (!opts_.key.empty()) {
     bool ok = false;
     const auto keys = presented_keys(headers);

@@ -1,5 +1,5 @@
 // Who may use the API (issue 12; API.md "Security model"). With a key
-// (--api-key), every request except /healthy must present it; without one, a
+// (--api-key), every request except /healthy and /metrics must present it; without one, a
 // request that came through this process's own proxy is refused while any
 // proxy listener is not on loopback. Direct clients without a key are served
 // as before.

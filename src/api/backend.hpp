@@ -20,6 +20,9 @@ struct ApiBackend {
   // The server's block of /stats text, lines ending in '\n'. `incremental`
   // (POST /stats) asks for rates since the previous incremental call as well.
   virtual std::string server_stats(bool incremental) = 0;
+  // The server's block of /metrics: Prometheus text format 0.0.4, every
+  // family with its HELP and TYPE lines, names prefixed rulesocks_.
+  virtual std::string server_metrics() = 0;
   // Called once for every request head received, answered or not.
   virtual void count_api_request() = 0;
   // Called once for every response with a 2xx status (neosocksd's num_api_success).

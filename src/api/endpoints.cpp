@@ -27,6 +27,16 @@ void add_line(std::string& out, std::string_view label, std::string_view value) 
   out += fmt::format("{:<20}: {}\n", label, value);
 }
 
+void add_metric(std::string& out, std::string_view name, std::string_view type,
+                std::string_view help, double value) {
+  out += fmt::format("# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}\n", name, help, type, value);
+}
+
+void add_metric(std::string& out, std::string_view name, std::string_view type,
+                std::string_view help, uint64_t value) {
+  out += fmt::format("# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}\n", name, help, type, value);
+}
+
 ApiResponse text_response(int status, std::string_view message) {
   ApiResponse r;
   r.status = status;
@@ -65,8 +75,13 @@ bool Endpoints::requires_body(std::string_view path) {
 Endpoints::Outcome Endpoints::handle(ApiRequest& req, Reply reply) {
   Outcome out;
   if (req.path == "/healthy") {
-    out.response = ApiResponse{};
-    out.response->no_cache = true;
+    out.response = healthy(req);
+    return out;
+  }
+  if (req.path == "/metrics") {
+    out.response = req.method == "GET" || req.method == "HEAD"
+                       ? metrics()
+                       : method_not_allowed(req.method, req.path, "GET");
     return out;
   }
   if (req.path == "/stats") {
@@ -84,6 +99,37 @@ Endpoints::Outcome Endpoints::handle(ApiRequest& req, Reply reply) {
   }
   out.response = text_response(404, fmt::format("no such endpoint: {}", req.path));
   return out;
+}
+
+ApiResponse Endpoints::healthy(const ApiRequest& req) {
+  ApiResponse r;
+  r.no_cache = true;
+  // Only a read asks the ruleset; any other method answers 200 as it always has.
+  ruleset::Engine* engine = backend_.engine();
+  if ((req.method == "GET" || req.method == "HEAD") && engine != nullptr) {
+    if (auto why = engine->healthy()) {
+      r = text_response(503, *why);
+      r.no_cache = true;
+    }
+  }
+  return r;
+}
+
+ApiResponse Endpoints::metrics() {
+  std::string body = backend_.server_metrics();
+  if (ruleset::Engine* engine = backend_.engine()) {
+    add_metric(body, "rulesocks_lua_memory_bytes", "gauge", "Lua heap in use.",
+               static_cast<double>(engine->memory_bytes()));
+    add_metric(body, "rulesocks_lua_objects", "gauge", "Live Lua heap blocks.",
+               static_cast<double>(engine->memory_objects()));
+  }
+  add_metric(body, "rulesocks_uptime_seconds", "gauge", "Seconds since the server started.",
+             ev_now(loop_) - started_);
+  ApiResponse r;
+  r.body = std::move(body);
+  r.content_type = "text/plain; version=0.0.4";
+  r.no_cache = true;
+  return r;
 }
 
 ApiResponse Endpoints::stats(const ApiRequest& req, bool incremental) {

@@ -40,6 +40,11 @@ ApiResponse text_response(int status, std::string_view message);
 std::string format_bytes(double bytes);
 // Appends a /stats line padded like neosocksd's: "Label               : value".
 void add_line(std::string& out, std::string_view label, std::string_view value);
+// Appends one unlabelled Prometheus sample with its HELP and TYPE lines.
+void add_metric(std::string& out, std::string_view name, std::string_view type,
+                std::string_view help, double value);
+void add_metric(std::string& out, std::string_view name, std::string_view type,
+                std::string_view help, uint64_t value);
 // "3d 04:05:06", "00:00:07".
 std::string format_duration(double seconds);
 
@@ -68,6 +73,8 @@ class Endpoints {
 
  private:
   ApiResponse stats(const ApiRequest& req, bool incremental);
+  ApiResponse healthy(const ApiRequest& req);
+  ApiResponse metrics();
   Outcome ruleset(std::string_view name, ApiRequest& req, Reply reply);
 
   ev::Loop* loop_;

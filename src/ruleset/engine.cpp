@@ -307,8 +307,27 @@ std::string Engine::stats(double dt, std::string_view q) {
   return std::move(out.values[0].str);
 }
 
+std::optional<std::string> Engine::healthy() {
+  lua_State* L = rt_->L();
+  StackGuard guard(L);
+  lua_pushboolean(L, 0);  // ruleset.healthy is optional
+  lua_pushcclosure(L, detail::method_entry, 1);
+  lua_pushliteral(L, "healthy");
+  Outcome out = rt_->run_sync(1);
+  if (!out.ok) {
+    rt_->note_error("ruleset.healthy", out.error);
+    return "ruleset.healthy: " + out.error;
+  }
+  if (out.values.empty() || out.values[0].type != LUA_TSTRING || out.values[0].str.empty())
+    return std::nullopt;
+  return std::move(out.values[0].str);
+}
+
 size_t Engine::memory_bytes() const {
   return rt_->memory_bytes();
+}
+size_t Engine::memory_objects() const {
+  return rt_->memory_objects();
 }
 size_t Engine::routines_alive() const {
   return rt_->routines_alive();

@@ -155,8 +155,15 @@ class Engine {
   size_t gc();  // full collection; returns the bytes freed
   // ruleset.stats(dt, q), or "" when absent or failing.
   std::string stats(double dt, std::string_view q);
+  // ruleset.healthy(), run like stats(): nullopt when healthy (no ruleset, no
+  // such function, or it returned anything but a non-empty string); otherwise
+  // why not: the string it returned, or its error. It may not wait: await.*
+  // raises "not in an asynchronous routine", and a bare coroutine.yield() is
+  // closed at once as "attempt to yield from a synchronous callback".
+  std::optional<std::string> healthy();
 
   size_t memory_bytes() const;
+  size_t memory_objects() const;       // live Lua heap blocks (neosocksd's num_object)
   size_t routines_alive() const;       // routines started and not yet ended
   size_t coroutine_pool_size() const;  // idle threads kept for reuse
   size_t pending_awaits() const;       // await.* operations in flight

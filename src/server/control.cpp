@@ -4,6 +4,7 @@
 
 #include <iterator>
 #include <stdexcept>
+#include <utility>
 
 #include "api/endpoints.hpp"
 #include "api/rpc_client.hpp"
@@ -88,6 +89,48 @@ std::string Control::server_stats(bool incremental) {
     }
     last_ = {now, s.requests, s.bytes_up, s.bytes_down};
   }
+  return out;
+}
+
+std::string Control::server_metrics() {
+  const Stats& s = server_.stats();
+  std::string out;
+  api::add_metric(out, "rulesocks_sessions", "gauge", "Live sessions, half-open and relaying.",
+                  s.sessions);
+  api::add_metric(out, "rulesocks_sessions_peak", "gauge", "Most live sessions at once.",
+                  s.sessions_peak);
+  api::add_metric(out, "rulesocks_halfopen_sessions", "gauge",
+                  "Sessions accepted and not yet relaying.", s.halfopen);
+  api::add_metric(out, "rulesocks_connections_accepted_total", "counter",
+                  "Proxy connections accepted.", s.accepted);
+  api::add_metric(out, "rulesocks_connections_refused_total", "counter",
+                  "Proxy connections dropped by the session limits or accept errors.", s.refused);
+  api::add_metric(out, "rulesocks_requests_total", "counter",
+                  "Proxy handshakes that produced a request.", s.requests);
+  out +=
+      "# HELP rulesocks_request_outcomes_total Proxy requests ended, by outcome.\n"
+      "# TYPE rulesocks_request_outcomes_total counter\n";
+  const std::pair<const char*, uint64_t> outcomes[] = {{"success", s.success},
+                                                       {"rejected", s.rejected},
+                                                       {"dial_failed", s.dial_failed},
+                                                       {"timed_out", s.timed_out},
+                                                       {"bad", s.bad_requests}};
+  for (const auto& [outcome, n] : outcomes)
+    out += fmt::format("rulesocks_request_outcomes_total{{outcome=\"{}\"}} {}\n", outcome, n);
+  api::add_metric(out, "rulesocks_uplink_bytes_total", "counter",
+                  "Bytes relayed from clients to upstreams.", s.bytes_up);
+  api::add_metric(out, "rulesocks_downlink_bytes_total", "counter",
+                  "Bytes relayed from upstreams to clients.", s.bytes_down);
+  api::add_metric(out, "rulesocks_api_requests_total", "counter", "API request heads received.",
+                  s.api_requests);
+  api::add_metric(out, "rulesocks_api_successes_total", "counter",
+                  "API requests answered with a 2xx status.", s.api_successes);
+  api::add_metric(out, "rulesocks_api_unauthorized_total", "counter",
+                  "API requests refused 401 or 403 by the access rules.", s.api_unauthorized);
+  api::add_metric(out, "rulesocks_dns_queries_total", "counter", "DNS queries started.",
+                  server_.resolver().queries());
+  api::add_metric(out, "rulesocks_dns_successes_total", "counter", "DNS queries that resolved.",
+                  server_.resolver().successes());
   return out;
 }
 

@@ -40,6 +40,7 @@ class Control : public ruleset::Host, public api::ApiBackend {
   // api::ApiBackend
   ruleset::Engine* engine() override { return engine_.get(); }
   std::string server_stats(bool incremental) override;
+  std::string server_metrics() override;
   void count_api_request() override;
   void count_api_success() override;
   void count_api_unauthorized() override;

@@ -35,6 +35,7 @@ struct Backend : api::ApiBackend {
   int successes = 0;
   ruleset::Engine* engine() override { return nullptr; }
   std::string server_stats(bool) override { return "Fuzz                : 1\n"; }
+  std::string server_metrics() override { return "fuzz_total 1\n"; }
   void count_api_request() override { ++requests; }
   void count_api_success() override { ++successes; }
 };

@@ -145,6 +145,9 @@ TEST_F(AccessTest, KeyRequiredExceptHealthy) {
   r = test::exchange(addr_, test::get("/healthy"));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
+  r = test::exchange(addr_, test::get("/metrics"));  // scrapers carry no key
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
   EXPECT_EQ(backend_.unauthorized, 2);
 }
 

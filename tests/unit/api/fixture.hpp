@@ -50,6 +50,9 @@ struct FakeBackend : ApiBackend {
     }
     return "Fake Server         : stateless\n";
   }
+  std::string server_metrics() override {
+    return "# HELP fake_total Fake.\n# TYPE fake_total counter\nfake_total 1\n";
+  }
   void count_api_request() override { ++requests; }
   void count_api_success() override { ++successes; }
   void count_api_unauthorized() override { ++unauthorized; }
