@@ -53,6 +53,20 @@ std::optional<net::SockAddr> Control::api_address() const {
   return api_->address();
 }
 
+void Control::reload_ruleset() {
+  if (!engine_) {
+    log::warning("SIGHUP ignored: no ruleset file (-r) to reload");
+    return;
+  }
+  const std::string& path = server_.config().ruleset;
+  std::string err;
+  if (engine_->load_file(path, &err)) {
+    log::notice("SIGHUP: ruleset reloaded from {}", path);
+  } else {
+    log::error("SIGHUP: ruleset {} not reloaded, the running one stays: {}", path, err);
+  }
+}
+
 void Control::set_exposed_listeners(bool exposed) {
   if (api_) api_->set_exposed_listeners(exposed);
 }

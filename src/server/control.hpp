@@ -34,6 +34,10 @@ class Control : public ruleset::Host, public api::ApiBackend {
   void stop();
   // The API's bound address, if there is an API.
   std::optional<net::SockAddr> api_address() const;
+  // SIGHUP: loads the -r file again as load_file does (a failure keeps the
+  // running ruleset) and logs the outcome; sessions are untouched. Without -r
+  // it only logs that there is nothing to reload.
+  void reload_ruleset();
   // Whether some proxy listener is not on loopback (see api/access.hpp).
   void set_exposed_listeners(bool exposed);
 
