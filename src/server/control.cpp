@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <iterator>
 #include <stdexcept>
 
@@ -28,6 +29,9 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     if (!engine_->load_file(cfg.ruleset, &err))
       throw std::runtime_error("ruleset " + cfg.ruleset + ": " + err);
     log::notice("ruleset loaded from {}", cfg.ruleset);
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(cfg.ruleset, ec);
+    ruleset_path_ = ec ? cfg.ruleset : abs.string();
   }
   if (api_listen) {
     api::ApiOptions opts;
@@ -58,7 +62,7 @@ void Control::reload_ruleset() {
     log::warning("SIGHUP ignored: no ruleset file (-r) to reload");
     return;
   }
-  const std::string& path = server_.config().ruleset;
+  const std::string& path = ruleset_path_;
   std::string err;
   if (engine_->load_file(path, &err)) {
     log::notice("SIGHUP: ruleset reloaded from {}", path);

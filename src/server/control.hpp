@@ -59,6 +59,8 @@ class Control : public ruleset::Host, public api::ApiBackend {
  private:
   Server& server_;
   std::unique_ptr<ruleset::Engine> engine_;
+  // -r made absolute at start-up: -d changes the working directory to /.
+  std::string ruleset_path_;
   std::unique_ptr<api::ApiServer> api_;
   // neosocksd.setapikey(): the key sent to each RPC peer (its Address text);
   // an empty key sends none. Peers not here get --api-key, if any.

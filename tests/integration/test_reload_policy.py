@@ -8,13 +8,13 @@
 
 import os
 import signal
-import socket
+import subprocess
 import tempfile
 import unittest
 
 from harness import (
-    LOOP4, IntegrationCase, Origin, connect, curl, free_port, read_http_response,
-    socks4_request, socks5_handshake, wait_until,
+    BIN, LOOP4, IntegrationCase, connect, curl, free_port, listening_inodes, pids_holding,
+    proc_gone, read_http_response, socks4_request, socks5_handshake, wait_until,
 )
 from test_ruleset import rpc_string
 
@@ -95,6 +95,33 @@ class SighupReload(IntegrationCase):
             self.hup_and_wait(proxy, "ruleset reloaded")
             s.sendall(req)
             self.assertIn(" 200 ", read_http_response(s)[0])
+
+    def test_relative_path_reloads_after_daemonize(self):
+        # -d moves the working directory to /: the reload must still find
+        # "ruleset.lua" where start-up did. The PID is the daemon's own, found
+        # by its listening socket, and only that PID is signalled.
+        port = free_port()
+        r = subprocess.run([BIN, "-d", "-l", f"{LOOP4}:{port}", "-r", "ruleset.lua"],
+                           cwd=self.dir.name, capture_output=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pids = []
+
+        def found():
+            pids[:] = [p for i in listening_inodes(port) for p in pids_holding(i)]
+            return len(pids) == 1
+        self.assertTrue(wait_until(found, 5))
+        pid = pids[0]
+        try:
+            get = lambda host: curl("--socks5-hostname", f"{LOOP4}:{port}",
+                                    f"http://{host}:{self.origin.port}/hello", timeout=10)[0]
+            self.assertEqual(get("a.test"), 0)
+            self.write(ruleset_text("b.test"))
+            os.kill(pid, signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: get("b.test") == 0, 5))
+            self.assertNotEqual(get("a.test"), 0)
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            self.assertTrue(wait_until(lambda: proc_gone(pid), 5))
 
     def test_sighup_without_ruleset_is_ignored(self):
         proxy = self.start_proxy()
@@ -192,8 +219,6 @@ class BlockOutbound(IntegrationCase):
         return d.name
 
     def test_unknown_class_is_a_start_up_error(self):
-        import subprocess
-        from harness import BIN
         r = subprocess.run([BIN, "-l", f"{LOOP4}:{free_port()}", "--block-outbound", "lan"],
                            capture_output=True, timeout=10)
         self.assertNotEqual(r.returncode, 0)
