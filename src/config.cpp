@@ -89,6 +89,11 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("IP[:PORT]");
   app.add_option("-i,--netdev", c.netdev, "bind outbound connections to network device NAME")
       ->type_name("NAME");
+  std::optional<std::string> block_outbound;
+  app.add_option("--block-outbound", block_outbound,
+                 "refuse to dial these address classes (comma separated: loopback, multicast, "
+                 "local, global; \"\" blocks none; default: multicast)")
+      ->type_name("LIST");
   app.add_option("-t,--timeout", c.timeout,
                  "seconds allowed for a handshake and dial, an idle API connection, and a "
                  "half-closed relay without traffic")
@@ -156,6 +161,18 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       return 2;
     }
     c.max_startups = *m;
+  }
+  if (block_outbound) {
+    std::string bad;
+    auto mask = net::parse_class_list(*block_outbound, &bad);
+    if (!mask) {
+      std::fprintf(stderr,
+                   "--block-outbound: unknown address class \"%s\" (expected a comma separated "
+                   "list of loopback, multicast, local, global)\n",
+                   bad.c_str());
+      return 2;
+    }
+    c.block_outbound = *mask;
   }
   if (!key_file.empty() && !c.api_key.empty()) {
     std::fprintf(stderr, "give --api-key or --api-key-file, not both\n");

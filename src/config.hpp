@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "net/sockaddr.hpp"
+
 namespace rs {
 
 struct MaxStartups {
@@ -45,6 +47,8 @@ struct Config {
   size_t max_sessions = 0;  // 0 = unlimited
   MaxStartups max_startups;
   size_t memlimit_mib = 0;
+  // --block-outbound: the net::AddrClass bits no dial may reach.
+  unsigned block_outbound = net::class_bit(net::AddrClass::kMulticast);
 };
 
 // Parses argv. On --help/--version or an error, prints and returns the exit

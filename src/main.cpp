@@ -58,6 +58,16 @@ int main(int argc, char** argv) {
   rs::ev::Signal sigint(loop, SIGINT, stop), sigterm(loop, SIGTERM, stop);
   sigint.start();
   sigterm.start();
+  // SIGHUP reloads the ruleset; before the server exists (or without -r) it
+  // is only logged, never the default action that ends the process.
+  rs::ev::Signal sighup(loop, SIGHUP, [&](int) {
+    if (running) {
+      running->reload_ruleset();
+    } else {
+      rs::log::warning("SIGHUP ignored: still starting");
+    }
+  });
+  sighup.start();
   try {
     rs::server::Server server(loop, cfg);
     running = &server;

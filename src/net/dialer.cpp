@@ -96,6 +96,12 @@ void Dialer::connect_next() {
   stage_ = Stage::kConnecting;
   while (next_addr_ < addrs_.size()) {
     const SockAddr& sa = addrs_[next_addr_++];
+    if (const AddrClass c = classify(sa); opts_.blocked_classes & class_bit(c)) {
+      last_error_ = DialError::kNotAllowed;
+      last_message_ =
+          fmt::format("{} is a {} address, blocked by --block-outbound", sa, to_string(c));
+      continue;
+    }
     if (chain_.empty() && deny_ && is_denied(sa, *deny_)) {
       last_error_ = DialError::kNotAllowed;
       last_message_ = fmt::format("{} is not reachable through the proxy", sa.to_string());

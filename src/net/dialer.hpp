@@ -25,6 +25,9 @@ struct DialOptions {
   std::string netdev;     // SO_BINDTODEVICE when not empty
   int sndbuf = 0, rcvbuf = 0;
   bool nodelay = true, keepalive = true;
+  // class_bit()s of the address classes never connected to (--block-outbound):
+  // checked for every connection the Dialer makes, to a target or a first hop.
+  unsigned blocked_classes = 0;
   // When set (it must outlive every Dialer using these options), each
   // connection to a watched address (the API) is recorded there once
   // connected, before any hop's handshake or the callback.

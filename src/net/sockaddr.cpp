@@ -140,4 +140,68 @@ bool is_wildcard(const SockAddr& sa) {
   return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(sa.get())->sin6_addr);
 }
 
+namespace {
+
+AddrClass classify_v4(uint32_t ip) {  // host byte order
+  if (ip == 0 || (ip >> 24) == 127) return AddrClass::kLoopback;
+  if ((ip >> 28) == 0xe) return AddrClass::kMulticast;
+  if ((ip >> 24) == 10 || (ip >> 20) == 0xac1 || (ip >> 16) == 0xc0a8 || (ip >> 16) == 0xa9fe)
+    return AddrClass::kLocal;
+  return AddrClass::kGlobal;
+}
+
+}  // namespace
+
+std::string_view to_string(AddrClass c) {
+  switch (c) {
+    case AddrClass::kLoopback:
+      return "loopback";
+    case AddrClass::kMulticast:
+      return "multicast";
+    case AddrClass::kLocal:
+      return "local";
+    case AddrClass::kGlobal:
+      return "global";
+  }
+  return "?";
+}
+
+AddrClass classify(const SockAddr& sa) {
+  if (sa.family() == AF_INET)
+    return classify_v4(ntohl(reinterpret_cast<const sockaddr_in*>(sa.get())->sin_addr.s_addr));
+  const in6_addr& a = reinterpret_cast<const sockaddr_in6*>(sa.get())->sin6_addr;
+  if (IN6_IS_ADDR_V4MAPPED(&a)) {
+    uint32_t ip;
+    std::memcpy(&ip, &a.s6_addr[12], sizeof ip);
+    return classify_v4(ntohl(ip));
+  }
+  if (IN6_IS_ADDR_LOOPBACK(&a) || IN6_IS_ADDR_UNSPECIFIED(&a)) return AddrClass::kLoopback;
+  if (a.s6_addr[0] == 0xff) return AddrClass::kMulticast;
+  if ((a.s6_addr[0] & 0xfe) == 0xfc || (a.s6_addr[0] == 0xfe && (a.s6_addr[1] & 0x80) == 0x80))
+    return AddrClass::kLocal;  // fc00::/7 (ULA), fe80::/10 (link), fec0::/10 (old site-local)
+  return AddrClass::kGlobal;
+}
+
+std::optional<unsigned> parse_class_list(std::string_view list, std::string* bad) {
+  unsigned mask = 0;
+  for (;;) {
+    const size_t comma = list.find(',');
+    const std::string_view item = list.substr(0, comma);
+    bool known = item.empty();  // as neosocksd's strtok(): "" blocks nothing
+    for (auto c :
+         {AddrClass::kLoopback, AddrClass::kMulticast, AddrClass::kLocal, AddrClass::kGlobal}) {
+      if (item == to_string(c)) {
+        mask |= class_bit(c);
+        known = true;
+      }
+    }
+    if (!known) {
+      *bad = std::string(item);
+      return std::nullopt;
+    }
+    if (comma == std::string_view::npos) return mask;
+    list.remove_prefix(comma + 1);
+  }
+}
+
 }  // namespace rs::net

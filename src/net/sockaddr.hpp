@@ -46,6 +46,24 @@ bool is_loopback(const SockAddr& sa);
 // 0.0.0.0 or ::
 bool is_wildcard(const SockAddr& sa);
 
+// Outbound address classes, which --block-outbound refuses to dial.
+enum class AddrClass : uint8_t {
+  kLoopback,   // 127.0.0.0/8, ::1, and 0.0.0.0 / :: (which connect to this host)
+  kMulticast,  // 224.0.0.0/4, ff00::/8
+  kLocal,      // 10/8, 172.16/12, 192.168/16, 169.254/16, fc00::/7, fe80::/10, fec0::/10
+  kGlobal,     // everything else
+};
+constexpr unsigned class_bit(AddrClass c) {
+  return 1u << static_cast<unsigned>(c);
+}
+// "loopback", "multicast", "local", "global": the --block-outbound names.
+std::string_view to_string(AddrClass c);
+// An IPv4-mapped IPv6 address is classified by its IPv4 part.
+AddrClass classify(const SockAddr& sa);
+// A comma separated list of class names as a mask of class_bit()s (empty
+// items are skipped: "" is the empty mask); nullopt with the unknown item in `bad`.
+std::optional<unsigned> parse_class_list(std::string_view list, std::string* bad);
+
 }  // namespace rs::net
 
 // fmt::format("{}", sockaddr): lets log calls pass the address itself, so that

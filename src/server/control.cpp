@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <iterator>
 #include <stdexcept>
 #include <utility>
@@ -29,6 +30,9 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     if (!engine_->load_file(cfg.ruleset, &err))
       throw std::runtime_error("ruleset " + cfg.ruleset + ": " + err);
     log::notice("ruleset loaded from {}", cfg.ruleset);
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(cfg.ruleset, ec);
+    ruleset_path_ = ec ? cfg.ruleset : abs.string();
   }
   if (api_listen) {
     api::ApiOptions opts;
@@ -52,6 +56,20 @@ void Control::stop() {
 std::optional<net::SockAddr> Control::api_address() const {
   if (!api_) return std::nullopt;
   return api_->address();
+}
+
+void Control::reload_ruleset() {
+  if (!engine_) {
+    log::warning("SIGHUP ignored: no ruleset file (-r) to reload");
+    return;
+  }
+  const std::string& path = ruleset_path_;
+  std::string err;
+  if (engine_->load_file(path, &err)) {
+    log::notice("SIGHUP: ruleset reloaded from {}", path);
+  } else {
+    log::error("SIGHUP: ruleset {} not reloaded, the running one stays: {}", path, err);
+  }
 }
 
 void Control::set_exposed_listeners(bool exposed) {

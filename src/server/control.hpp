@@ -34,6 +34,10 @@ class Control : public ruleset::Host, public api::ApiBackend {
   void stop();
   // The API's bound address, if there is an API.
   std::optional<net::SockAddr> api_address() const;
+  // SIGHUP: loads the -r file again as load_file does (a failure keeps the
+  // running ruleset) and logs the outcome; sessions are untouched. Without -r
+  // it only logs that there is nothing to reload.
+  void reload_ruleset();
   // Whether some proxy listener is not on loopback (see api/access.hpp).
   void set_exposed_listeners(bool exposed);
 
@@ -56,6 +60,8 @@ class Control : public ruleset::Host, public api::ApiBackend {
  private:
   Server& server_;
   std::unique_ptr<ruleset::Engine> engine_;
+  // -r made absolute at start-up: -d changes the working directory to /.
+  std::string ruleset_path_;
   std::unique_ptr<api::ApiServer> api_;
   // neosocksd.setapikey(): the key sent to each RPC peer (its Address text);
   // an empty key sends none. Peers not here get --api-key, if any.

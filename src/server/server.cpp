@@ -69,6 +69,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   dial_.rcvbuf = cfg.tcp_rcvbuf;
   dial_.nodelay = cfg.tcp_nodelay;
   dial_.keepalive = cfg.tcp_keepalive;
+  dial_.blocked_classes = cfg.block_outbound;
   dial_.self = &self_;
   relay_.use_splice = cfg.pipe;
   relay_.bidir_timeout = cfg.bidir_timeout;
@@ -174,6 +175,10 @@ void Server::shutdown() {
   for (auto& s : sessions_) s->close();
   pool_->clear();
   deferred_.drain();
+}
+
+void Server::reload_ruleset() {
+  control_->reload_ruleset();
 }
 
 ruleset::Engine* Server::engine() {

@@ -56,6 +56,8 @@ class Server {
 
   // Stops accepting and closes every session (SIGINT/SIGTERM).
   void shutdown();
+  // SIGHUP: see Control::reload_ruleset().
+  void reload_ruleset();
 
   // Called by a session that has finished; destruction happens later, from
   // the loop, never inside the session's own callback.

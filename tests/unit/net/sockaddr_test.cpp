@@ -121,5 +121,59 @@ TEST(SockAddr, PeerAndLocalOf) {
   EXPECT_EQ(local_of(-1).to_string(), "-");
 }
 
+AddrClass class_of(const char* text) {
+  auto sa = parse_sockaddr(text);
+  EXPECT_TRUE(sa) << text;
+  return sa ? classify(*sa) : AddrClass::kGlobal;
+}
+
+TEST(AddrClass, Ipv4) {
+  for (const char* s : {"127.0.0.1:80", "127.255.255.254:1", "0.0.0.0:80"})
+    EXPECT_EQ(class_of(s), AddrClass::kLoopback) << s;
+  for (const char* s : {"224.0.0.1:80", "239.255.255.250:1900"})
+    EXPECT_EQ(class_of(s), AddrClass::kMulticast) << s;
+  for (const char* s :
+       {"10.0.0.1:80", "172.16.0.1:80", "172.31.255.255:80", "192.168.1.1:80", "169.254.1.1:80"})
+    EXPECT_EQ(class_of(s), AddrClass::kLocal) << s;
+  for (const char* s : {"8.8.8.8:53", "172.32.0.1:80", "172.15.0.1:80", "192.169.0.1:80",
+                        "128.0.0.1:80", "223.255.255.255:80", "240.0.0.1:80", "11.0.0.1:80"})
+    EXPECT_EQ(class_of(s), AddrClass::kGlobal) << s;
+}
+
+TEST(AddrClass, Ipv6) {
+  for (const char* s : {"[::1]:80", "[::]:80"}) EXPECT_EQ(class_of(s), AddrClass::kLoopback) << s;
+  for (const char* s : {"[ff02::1]:80", "[ff0e::101]:123"})
+    EXPECT_EQ(class_of(s), AddrClass::kMulticast) << s;
+  for (const char* s :
+       {"[fe80::1]:80", "[febf::1]:80", "[fc00::1]:80", "[fd12:3456::1]:80", "[fec0::1]:80"})
+    EXPECT_EQ(class_of(s), AddrClass::kLocal) << s;
+  for (const char* s : {"[2001:db8::1]:80", "[2606:4700::1111]:443", "[fe00::1]:80", "[::2]:80"})
+    EXPECT_EQ(class_of(s), AddrClass::kGlobal) << s;
+}
+
+TEST(AddrClass, MappedIpv4ByItsIpv4Part) {
+  EXPECT_EQ(class_of("[::ffff:127.0.0.1]:80"), AddrClass::kLoopback);
+  EXPECT_EQ(class_of("[::ffff:0.0.0.0]:80"), AddrClass::kLoopback);
+  EXPECT_EQ(class_of("[::ffff:224.0.0.1]:80"), AddrClass::kMulticast);
+  EXPECT_EQ(class_of("[::ffff:192.168.0.1]:80"), AddrClass::kLocal);
+  EXPECT_EQ(class_of("[::ffff:10.1.2.3]:80"), AddrClass::kLocal);
+  EXPECT_EQ(class_of("[::ffff:8.8.8.8]:80"), AddrClass::kGlobal);
+}
+
+TEST(AddrClass, ParseList) {
+  std::string bad;
+  EXPECT_EQ(parse_class_list("loopback", &bad), class_bit(AddrClass::kLoopback));
+  EXPECT_EQ(parse_class_list("multicast,local,global", &bad), class_bit(AddrClass::kMulticast) |
+                                                                  class_bit(AddrClass::kLocal) |
+                                                                  class_bit(AddrClass::kGlobal));
+  EXPECT_EQ(parse_class_list("local,local", &bad), class_bit(AddrClass::kLocal));
+  EXPECT_FALSE(parse_class_list("loopback,lan", &bad));
+  EXPECT_EQ(bad, "lan");
+  EXPECT_EQ(parse_class_list("loopback,", &bad), class_bit(AddrClass::kLoopback));
+  EXPECT_EQ(parse_class_list("", &bad), 0u);  // blocks nothing, not even multicast
+  EXPECT_FALSE(parse_class_list("Loopback", &bad));
+  EXPECT_EQ(to_string(AddrClass::kGlobal), "global");
+}
+
 }  // namespace
 }  // namespace rs::net
