@@ -756,6 +756,18 @@ class SinkThenSendServer:
         return not self.thread.is_alive()
 
 
+def recv_head(conn, buf=b""):
+    """Reads from conn until an HTTP head ends; returns (head, the bytes after it), or
+    None when the peer closes first. `buf` holds bytes already read."""
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head + b"\r\n\r\n", rest
+
+
 class TcpServer:
     """A raw TCP server on a free loopback port, accepting on a thread of its own
     until close(). Subclasses say what becomes of each connection in

@@ -38,6 +38,7 @@ import unittest
 from harness import (
     LOOP4, SANITIZED, MiB, DuplexServer, HoldProcess, IntegrationCase, TcpServer, api_stats,
     closed_by_peer, connect, curl, duplex_exchange, free_port, raise_nofile, read_http_response,
+    recv_head,
     recv_exact, socks5_handshake, socks5_request, stats_field, wait_closed,
     wait_until,
 )
@@ -528,12 +529,8 @@ class ResettingOrigin(TcpServer):
     def serve(self, conn):
         try:
             conn.settimeout(10)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            if recv_head(conn) is None:
+                return
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\n\r\n"
                          + random.Random(1).randbytes(self.part))
             time.sleep(0.1)  # let the bytes leave before the reset

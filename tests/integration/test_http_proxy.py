@@ -16,7 +16,7 @@ import unittest
 
 from harness import (
     LOOP4, MiB, IntegrationCase, TcpServer, api_stats, blob, connect, curl, free_port,
-    read_http_head, read_http_response, recv_exact, rpcall, sha256, stats_field, tinyproxy,
+    read_http_head, read_http_response, recv_exact, recv_head, rpcall, sha256, stats_field, tinyproxy,
     wait_closed,
 )
 
@@ -61,16 +61,12 @@ class Origin101(TcpServer):
     def serve(self, conn):
         with conn:
             conn.settimeout(10)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            self.head = head
+            got = recv_head(conn)
+            if got is None:
+                return
+            self.head, rest = got
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
                          b"Connection: Upgrade\r\n\r\nhello")
-            rest = head.split(b"\r\n\r\n", 1)[1]
             if rest:
                 conn.sendall(rest)
             while True:
@@ -101,13 +97,11 @@ class KeepAliveOrigin(TcpServer):
             buf, served = b"", 0
             try:
                 while True:
-                    while b"\r\n\r\n" not in buf:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            self.closed += 1
-                            return
-                        buf += chunk
-                    buf = buf.split(b"\r\n\r\n", 1)[1]
+                    got = recv_head(conn, buf)
+                    if got is None:
+                        self.closed += 1
+                        return
+                    buf = got[1]
                     if served == 1 and self.drop_second:
                         if self.reset:
                             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
