@@ -348,6 +348,13 @@ void HttpProxy::on_dialed(UniqueFd fd, net::DialError err, const std::string& ms
   run();
 }
 
+void HttpProxy::pass_body(std::string& from, std::string& to, size_t n, uint64_t& counter) {
+  counter += n;
+  to.append(from, 0, n);
+  from.erase(0, n);
+  moved_ = true;
+}
+
 bool HttpProxy::step_request_body() {
   if (request_done_ || up_out_.size() >= kLowWater) return false;
   bool progress = false;
@@ -364,10 +371,8 @@ bool HttpProxy::step_request_body() {
       return true;
     }
     if (used > 0) {
-      server_.stats().bytes_up += used;
-      up_out_.append(in_, 0, used);
-      in_.erase(0, used);
-      progress = moved_ = true;
+      pass_body(in_, up_out_, used, server_.stats().bytes_up);
+      progress = true;
     }
     if (st == proto::BodyReader::Status::kDone) {
       request_done_ = true;
@@ -446,10 +451,8 @@ bool HttpProxy::step_response() {
         return false;
       }
       if (used > 0) {
-        server_.stats().bytes_down += used;
-        down_out_.append(resp_in_, 0, used);
-        resp_in_.erase(0, used);
-        progress = moved_ = true;
+        pass_body(resp_in_, down_out_, used, server_.stats().bytes_down);
+        progress = true;
       }
       if (st == proto::BodyReader::Status::kDone) {
         response_done_ = true;

@@ -88,6 +88,9 @@ class HttpProxy {
 
   // Appends what one recv() brings to `into`, or discards it when null.
   Io read_some(int fd, std::string* into);
+  // Moves the first `n` body bytes of `from` (as the body reader accepted
+  // them) to `to`, counting them in `counter`.
+  void pass_body(std::string& from, std::string& to, size_t n, uint64_t& counter);
   Io write_some(int fd, std::string& buf);
 
   Server& server_;
