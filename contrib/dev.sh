@@ -56,7 +56,7 @@ case "${1:-}" in
     build-posix/tests/ruleset_test --gtest_brief=1 --gtest_filter='RegexTest.*:Scripts/LuaScriptTest.*'
     # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
     build build-asan -DRULESOCKS_WERROR=ON -DRULESOCKS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan -j "$JOBS" --output-on-failure --timeout 600
     ;;
   *)
