@@ -284,3 +284,120 @@ return libruleset
         self.addCleanup(self._stop_proxy, proxy)
         rc, out, err = curl("--socks5-hostname", f"{LOOP4}:{proxy.port}", origin.url("/hello"))
         self.assertEqual(rc, 0, err)
+
+
+def package_of(path):
+    """The Debian package that holds library `path` (merged /usr: tries both spellings)."""
+    real = os.path.realpath(path)
+    for p in dict.fromkeys((path, real, re.sub(r"^/usr/", "/", real), "/usr" + real)):
+        r = run(["dpkg-query", "-S", p])
+        if r.returncode == 0:
+            return r.stdout.split(":", 1)[0].split(",")[0].strip()
+    return None
+
+
+def needed_packages(binary):
+    """Packages of the shared libraries `binary` loads (ldd), but the dynamic loader's."""
+    pkgs = set()
+    for line in run(["ldd", binary]).stdout.splitlines():
+        m = re.search(r"=>\s+(/\S+)", line)
+        if m:
+            pkg = package_of(m.group(1))
+            assert pkg, f"no Debian package holds {m.group(1)}"
+            pkgs.add(pkg)
+    return pkgs
+
+
+class DebPackage(IntegrationCase):
+    """Builds the .deb once (cpack in the release build directory)."""
+
+    @classmethod
+    def setUpClass(cls):
+        if SANITIZED:
+            raise unittest.SkipTest("the .deb is built from the release build, not an ASan one")
+        for tool in ("cpack", "dpkg-deb", "dpkg-shlibdeps"):
+            if not shutil.which(tool):
+                raise unittest.SkipTest(f"{tool} is not installed (cmake, dpkg-dev)")
+        if not os.path.exists(os.path.join(BUILD_DIR, "CPackConfig.cmake")):
+            raise unittest.SkipTest(f"{BUILD_DIR} has no CPackConfig.cmake")
+        cls.dir = tempfile.mkdtemp(prefix="rulesocks-deb-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        p = run(["cpack", "--config", os.path.join(BUILD_DIR, "CPackConfig.cmake"),
+                 "-B", cls.dir], timeout=300)
+        debs = glob.glob(os.path.join(cls.dir, "rulesocks_*.deb"))
+        if p.returncode != 0 or len(debs) != 1:
+            raise AssertionError(f"cpack failed ({debs}):\n{p.stdout}\n{p.stderr}")
+        cls.deb = debs[0]
+
+    def field(self, name):
+        return run(["dpkg-deb", "-f", self.deb, name]).stdout.strip()
+
+    def test_control(self):
+        self.assertEqual(self.field("Package"), "rulesocks")
+        self.assertEqual(self.field("Section"), "net")
+        self.assertRegex(self.field("Maintainer"), r"^[^<>]+ <[^<>@]+@[^<>@]+>$")
+        self.assertIn("SOCKS", self.field("Description"))
+        version = run([BIN, "--version"]).stdout.split()[-1]
+        self.assertEqual(self.field("Version"), version)
+
+    def test_dependencies_are_debian_library_packages(self):
+        depends = {d.strip().split(" ")[0] for d in self.field("Depends").split(",")}
+        for pkg in ("libev4", "liblua5.4-0", "libc-ares2", "zlib1g", "libc6"):
+            self.assertIn(pkg, depends)
+        missing = needed_packages(BIN) - depends
+        self.assertEqual(missing, set(), "libraries of the binary whose package is not a "
+                                         f"dependency (Depends: {self.field('Depends')})")
+        for d in depends:  # each with a version floor from the shlibs files
+            self.assertTrue(run(["dpkg-query", "-W", d]).returncode == 0, f"{d} is not a package")
+
+    def test_contents(self):
+        listing = run(["dpkg-deb", "-c", self.deb]).stdout
+        for path in ("./usr/bin/rulesocks", "./usr/lib/systemd/system/rulesocks.service",
+                     "./usr/share/man/man8/rulesocks.8.gz", "./usr/share/rulesocks/lua/libruleset.lua",
+                     "./usr/share/bash-completion/completions/rulesocks",
+                     "./usr/share/doc/rulesocks/API.md"):
+            self.assertRegex(listing, rf"(?m) {re.escape(path)}$")
+        self.assertNotIn("./usr/local", listing)
+        info = run(["dpkg-deb", "-I", self.deb]).stdout
+        for script in ("postinst", "prerm", "postrm"):
+            self.assertIn(script, info)
+
+    def test_install_serve_purge(self):
+        if os.geteuid() != 0:
+            self.skipTest("dpkg -i needs root (the CI runs the tests as root)")
+        status = run(["dpkg-query", "-W", "-f", "${Status}", "rulesocks"]).stdout
+        if "installed" in status and "not-installed" not in status or \
+                os.path.exists("/usr/bin/rulesocks"):
+            self.skipTest("a rulesocks is already installed on this machine: not replacing it")
+        purge = ["dpkg", "-P", "rulesocks"]
+        self.addCleanup(run, purge)  # restores the machine however the test ends
+        p = run(["dpkg", "-i", self.deb], timeout=300)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+        p = run(["/usr/bin/rulesocks", "--version"])
+        self.assertEqual((p.returncode, p.stdout), (0, run([BIN, "--version"]).stdout))
+        unit = "/usr/lib/systemd/system/rulesocks.service"
+        if shutil.which("systemd-analyze"):
+            # Now with the man page the unit's Documentation= names.
+            p = run(["systemd-analyze", "verify", unit])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+        # The unit's own command line, on free ports, from /usr/bin.
+        args, ports = on_free_ports(unit_options(unit))
+        self.assertIn("/usr/share/rulesocks/lua/ruleset.lua", args)
+        origin = self.start_class_origin()
+        proxy = Proxy(*args, socks=False, extra_ports=ports.values(), name="installed-rulesocks")
+        proxy.cmd[0] = "/usr/bin/rulesocks"
+        proxy.start()
+        self.addCleanup(proxy.kill)
+        rc, out, err = curl("--socks5-hostname", f"{LOOP4}:{ports['1080']}",
+                            origin.url("/hello"))
+        self.assertEqual((rc, err), (0, ""))
+        self.assertIn("ruleset loaded from /usr/share/rulesocks/lua/ruleset.lua",
+                      proxy.log_text())
+        self._stop_proxy(proxy)
+
+        p = run(purge, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertFalse(os.path.exists("/usr/bin/rulesocks"))
+        self.assertFalse(os.path.exists(unit))
