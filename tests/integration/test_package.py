@@ -26,6 +26,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -188,6 +189,45 @@ class Unit(IntegrationCase):
         path = self.unit_for("/nonexistent/rulesocks")
         p = run([exe, "verify", "--man=no", path])
         self.assertNotEqual(p.returncode, 0, "verify accepted an ExecStart that does not exist")
+
+    def test_exposure_stays_low(self):
+        exe = systemd_analyze()
+        # systemd's 0..10 exposure score times ten; the unit scores 1.9 today.
+        p = run([exe, "security", "--offline=yes", "--threshold=25", self.unit_for(BIN)])
+        self.assertEqual(p.returncode, 0, p.stdout[-3000:] + p.stderr)
+        self.assertRegex(p.stdout, r"Overall exposure level for rulesocks.service: [0-9.]+ ")
+
+    def test_regex_under_memory_deny_write_execute(self):
+        # MemoryDenyWriteExecute= refuses writable+executable mappings, which
+        # PCRE2's JIT wants; regex must then work without it. The kernel's
+        # PR_SET_MDWE (Linux 6.3+, kept across execve) applies the same rule.
+        wrapper = ("import ctypes, os, sys\n"
+                   "libc = ctypes.CDLL(None, use_errno=True)\n"
+                   "if libc.prctl(65, 1, 0, 0, 0) != 0: sys.exit(77)\n"  # PR_SET_MDWE
+                   "os.execv(sys.argv[1], sys.argv[1:])\n")
+        probe = subprocess.run([sys.executable, "-c", wrapper, "/bin/true"], timeout=30)
+        if probe.returncode == 77:
+            self.skipTest("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+        d = tempfile.mkdtemp(prefix="rulesocks-mdwe-")
+        self.addCleanup(shutil.rmtree, d)
+        ruleset = os.path.join(d, "ruleset.lua")
+        with open(ruleset, "w") as f:
+            f.write("""
+local re = regex.compile([[\\.example\\.(com|org)$]])
+assert(re:find("www.example.org") and not re:find("www.example.net"))
+assert(regex.compile("^ab", "i"):find("ABC") == 1)
+_G.libruleset = require("libruleset")
+_G.route_default = { rule.direct(), "direct" }
+return libruleset
+""")
+        origin = self.start_class_origin()
+        proxy = Proxy("-r", ruleset, name="rulesocks-mdwe")
+        proxy.cmd[:0] = [sys.executable, "-c", wrapper]  # the same PID execs rulesocks
+        proxy.start()
+        self.addCleanup(self._stop_proxy, proxy)
+        rc, out, err = curl("--socks5-hostname", f"{LOOP4}:{proxy.port}", origin.url("/hello"))
+        self.assertEqual(rc, 0, err)
+        self.assertIn("ruleset loaded", proxy.log_text())
 
     def test_what_the_unit_asks_for(self):
         with open(UNIT) as f:
