@@ -31,7 +31,7 @@ import tempfile
 import unittest
 
 from harness import (
-    BIN, HERE, IO_TIMEOUT, LOOP4, SANITIZED, IntegrationCase, Proxy, curl, free_ports,
+    BIN, HERE, LOOP4, SANITIZED, IntegrationCase, Proxy, curl, free_ports,
 )
 
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))

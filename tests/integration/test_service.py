@@ -75,9 +75,8 @@ class Notify(IntegrationCase):
         cls.origin = cls.start_class_origin()
 
     def setUp(self):
-        self.dir = tempfile.TemporaryDirectory()
-        self.addCleanup(self.dir.cleanup)
-        self.ruleset = os.path.join(self.dir.name, "ruleset.lua")
+        self.dir = self.enterContext(tempfile.TemporaryDirectory())
+        self.ruleset = os.path.join(self.dir, "ruleset.lua")
         with open(self.ruleset, "w") as f:
             f.write(RULESET)
 
@@ -119,13 +118,13 @@ class Notify(IntegrationCase):
         self.assertEqual([m for m, _ in msgs[3:]], ["STOPPING=1"])
 
     def test_path_socket(self):
-        self.lifecycle(os.path.join(self.dir.name, "notify"))
+        self.lifecycle(os.path.join(self.dir, "notify"))
 
     def test_abstract_socket(self):
         self.lifecycle(f"@rulesocks-test-notify-{os.getpid()}-{id(self)}")
 
     def test_unusable_socket_is_a_warning(self):
-        missing = os.path.join(self.dir.name, "nobody-listens-here")
+        missing = os.path.join(self.dir, "nobody-listens-here")
         with mock.patch.dict(os.environ, {"NOTIFY_SOCKET": missing}):
             proxy = self.start_proxy()
         self.fetch(proxy)
@@ -133,7 +132,7 @@ class Notify(IntegrationCase):
         self.assertIn(missing, proxy.log_text())
 
     def test_nothing_sent_without_notify_socket(self):
-        n = self.notify_socket(os.path.join(self.dir.name, "notify"))
+        n = self.notify_socket(os.path.join(self.dir, "notify"))
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         with mock.patch.dict(os.environ, env, clear=True):
             proxy = self.start_proxy()
