@@ -116,6 +116,12 @@ class ManPage(unittest.TestCase):
             self.assertIn(flag, help_flags())
             self.assertIn(flag, man_page_flags())
 
+    def test_version_is_the_binary_s(self):
+        version = run([BIN, "--version"]).stdout.split()[-1]
+        with open(MAN_PAGE) as f:
+            th = next(line for line in f if line.startswith(".TH "))
+        self.assertIn(f'"rulesocks {version}"', th, "update .TH in contrib/rulesocks.8")
+
     def test_man_renders_without_warnings(self):
         if not shutil.which("man"):
             self.skipTest("man (man-db) is not installed")
