@@ -281,7 +281,7 @@ std::unique_ptr<Cancellable> Engine::route(Request req, RouteCallback cb) {
         lua_pushnil(L);
       }
     }
-    id = rt_->start_job(JobKind::kRoute, 4, std::move(on_done));
+    id = rt_->start_job(JobKind::kRoute, 4, std::move(on_done), req.forwarder);
   }
   return std::make_unique<JobHandle>(rt_, id);
 }
