@@ -323,6 +323,21 @@ std::optional<std::string> Engine::healthy() {
   return std::move(out.values[0].str);
 }
 
+std::string Engine::metrics() {
+  lua_State* L = rt_->L();
+  StackGuard guard(L);
+  lua_pushboolean(L, 0);  // ruleset.metrics is optional
+  lua_pushcclosure(L, detail::method_entry, 1);
+  lua_pushliteral(L, "metrics");
+  Outcome out = rt_->run_sync(1);
+  if (!out.ok) {
+    rt_->note_error("ruleset.metrics", out.error);
+    return {};
+  }
+  if (out.values.empty() || out.values[0].type != LUA_TSTRING) return {};
+  return std::move(out.values[0].str);
+}
+
 size_t Engine::memory_bytes() const {
   return rt_->memory_bytes();
 }

@@ -184,6 +184,9 @@ class Engine {
   // raises "not in an asynchronous routine", and a bare coroutine.yield() is
   // closed at once as "attempt to yield from a synchronous callback".
   std::optional<std::string> healthy();
+  // ruleset.metrics(), run like stats(): Prometheus text appended to
+  // /metrics, or "" when absent, failing or not a string.
+  std::string metrics();
 
   size_t memory_bytes() const;
   size_t memory_objects() const;       // live Lua heap blocks (neosocksd's num_object)

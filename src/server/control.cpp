@@ -1,11 +1,14 @@
 #include "server/control.hpp"
 
 #include <fmt/format.h>
+#include <time.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iterator>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "api/endpoints.hpp"
 #include "api/rpc_client.hpp"
@@ -149,7 +152,150 @@ std::string Control::server_metrics() {
                   server_.resolver().queries());
   api::add_metric(out, "rulesocks_dns_successes_total", "counter", "DNS queries that resolved.",
                   server_.resolver().successes());
+  neosocksd_metrics(out);
+  labelled_metrics(out);
   return out;
+}
+
+namespace {
+
+// A Prometheus label value: backslash, quote and newline escaped.
+std::string label_value(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+double process_cpu_seconds() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// The q-quantile of the sorted samples (nearest rank).
+double quantile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  auto rank = static_cast<size_t>(q * static_cast<double>(sorted.size()));
+  return sorted[std::min(rank, sorted.size() - 1)];
+}
+
+}  // namespace
+
+void Control::neosocksd_metrics(std::string& out) {
+  // neosocksd 2026-07's names, types and meanings, so that its dashboards
+  // work here; the values are neosocksd.stats()'s (Control::stats()).
+  const ruleset::HostStats h = stats();
+  const Stats& s = server_.stats();
+  api::add_metric(out, "neosocksd_sessions_active", "gauge", "Number of active proxy sessions.",
+                  h.num_sessions);
+  api::add_metric(out, "neosocksd_sessions_peak", "gauge",
+                  "Peak concurrent proxy sessions since start.", h.num_sessions_peak);
+  api::add_metric(out, "neosocksd_halfopen_connections", "gauge",
+                  "Connections in handshake/ruleset/dial phase.", h.num_halfopen);
+  api::add_metric(out, "neosocksd_uptime_seconds", "gauge", "Seconds since server start.",
+                  h.uptime);
+  api::add_metric(out, "neosocksd_process_cpu_seconds_total", "counter",
+                  "Total CPU time consumed by the process.", process_cpu_seconds());
+  api::add_metric(out, "neosocksd_connections_accepted_total", "counter",
+                  "Connections accepted by the listener.", h.num_accept);
+  api::add_metric(out, "neosocksd_connections_served_total", "counter",
+                  "Connections upgraded to proxy sessions.", h.num_serve);
+  api::add_metric(out, "neosocksd_requests_total", "counter", "Total proxy requests processed.",
+                  h.num_request);
+  api::add_metric(out, "neosocksd_requests_success_total", "counter",
+                  "Proxy requests completed successfully.", h.num_success);
+  api::add_metric(out, "neosocksd_rejects_ruleset_total", "counter",
+                  "Connections rejected by the ruleset.", h.num_reject_ruleset);
+  api::add_metric(out, "neosocksd_rejects_timeout_total", "counter",
+                  "Connections timed out before becoming active.", h.num_reject_timeout);
+  api::add_metric(out, "neosocksd_rejects_upstream_total", "counter",
+                  "Connections failed during upstream dial.", h.num_reject_upstream);
+  api::add_metric(out, "neosocksd_dns_queries_total", "counter", "DNS queries issued.",
+                  h.num_dns_query);
+  api::add_metric(out, "neosocksd_dns_success_total", "counter",
+                  "DNS queries resolved successfully.", h.num_dns_success);
+  api::add_metric(out, "neosocksd_api_requests_total", "counter", "API requests received.",
+                  h.num_api_request);
+  api::add_metric(out, "neosocksd_api_requests_success_total", "counter",
+                  "API requests completed successfully.", h.num_api_success);
+  api::add_metric(out, "neosocksd_uplink_bytes_total", "counter",
+                  "Total bytes of proxied payload sent to upstream.", h.byt_up);
+  api::add_metric(out, "neosocksd_downlink_bytes_total", "counter",
+                  "Total bytes of proxied payload received from upstream.", h.byt_down);
+  if (s.connects > 0) {
+    // Over the last Stats::kLatencySamples successful connects.
+    const size_t n = std::min<uint64_t>(s.connects, Stats::kLatencySamples);
+    std::vector<double> sorted(s.connect_latency.begin(), s.connect_latency.begin() + n);
+    std::sort(sorted.begin(), sorted.end());
+    out +=
+        "# HELP neosocksd_connect_latency_seconds Connection establishment latency.\n"
+        "# TYPE neosocksd_connect_latency_seconds summary\n";
+    for (double q : {0.5, 0.9, 0.99})
+      out += fmt::format("neosocksd_connect_latency_seconds{{quantile=\"{}\"}} {}\n", q,
+                         quantile(sorted, q));
+    out += fmt::format("neosocksd_connect_latency_seconds_sum {}\n", s.connect_latency_sum);
+    out += fmt::format("neosocksd_connect_latency_seconds_count {}\n", s.connects);
+  }
+}
+
+void Control::labelled_metrics(std::string& out) {
+  const Stats& s = server_.stats();
+  if (!s.chains.empty()) {
+    out +=
+        "# HELP rulesocks_upstream_dials_total Dials ended, by upstream chain (hops in dial "
+        "order, credentials masked; \"direct\" for none).\n"
+        "# TYPE rulesocks_upstream_dials_total counter\n";
+    for (const auto& [label, c] : s.chains)
+      out += fmt::format("rulesocks_upstream_dials_total{{chain=\"{}\"}} {}\n", label_value(label),
+                         c.dials);
+    out +=
+        "# HELP rulesocks_upstream_dial_failures_total Dials that failed, by upstream chain.\n"
+        "# TYPE rulesocks_upstream_dial_failures_total counter\n";
+    for (const auto& [label, c] : s.chains)
+      out += fmt::format("rulesocks_upstream_dial_failures_total{{chain=\"{}\"}} {}\n",
+                         label_value(label), c.failures);
+    out +=
+        "# HELP rulesocks_upstream_connect_seconds Time to a connected upstream, successful "
+        "dials, by upstream chain.\n"
+        "# TYPE rulesocks_upstream_connect_seconds histogram\n";
+    for (const auto& [label, c] : s.chains) {
+      const std::string l = label_value(label);
+      for (size_t i = 0; i < ChainStats::kBuckets.size(); ++i)
+        out +=
+            fmt::format("rulesocks_upstream_connect_seconds_bucket{{chain=\"{}\",le=\"{}\"}} {}\n",
+                        l, ChainStats::kBuckets[i], c.le[i]);
+      out +=
+          fmt::format("rulesocks_upstream_connect_seconds_bucket{{chain=\"{}\",le=\"+Inf\"}} {}\n",
+                      l, c.dials - c.failures);
+      out += fmt::format("rulesocks_upstream_connect_seconds_sum{{chain=\"{}\"}} {}\n", l,
+                         c.latency_sum);
+      out += fmt::format("rulesocks_upstream_connect_seconds_count{{chain=\"{}\"}} {}\n", l,
+                         c.dials - c.failures);
+    }
+  }
+  if (!s.listener_bytes.empty()) {
+    out +=
+        "# HELP rulesocks_listener_bytes_total Bytes relayed by tunnels (SOCKS, CONNECT, "
+        "forwarding), by listener kind and direction.\n"
+        "# TYPE rulesocks_listener_bytes_total counter\n";
+    for (const auto& [name, b] : s.listener_bytes) {
+      out += fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"up\"}} {}\n",
+                         label_value(name), b[0]);
+      out +=
+          fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"down\"}} {}\n",
+                      label_value(name), b[1]);
+    }
+  }
 }
 
 void Control::count_api_request() {

@@ -45,6 +45,10 @@ class Control : public ruleset::Host, public api::ApiBackend {
   ruleset::Engine* engine() override { return engine_.get(); }
   std::string server_stats(bool incremental) override;
   std::string server_metrics() override;
+  // /metrics: neosocksd 2026-07's series, then the labelled ones (upstream
+  // chains, listeners).
+  void neosocksd_metrics(std::string& out);
+  void labelled_metrics(std::string& out);
   void count_api_request() override;
   void count_api_success() override;
   void count_api_unauthorized() override;
