@@ -508,6 +508,66 @@ int forward_impl(lua_State* L) {
   });
 }
 
+// ---- ok, seconds | false, err, detail = await.connect(addr, proxyN, ..., proxy1)
+// A health probe: a connection through the chain, closed at once.
+
+class ConnectOp : public Op {
+ public:
+  static constexpr const char* kName = "rs.await.connect";
+  explicit ConnectOp(Runtime& rt) : Op(rt) {}
+
+  void start(Decision d) {
+    Host* host = rt_.host();
+    if (host == nullptr) throw std::runtime_error("await.connect: dialing is not available");
+    through_proxy_ = !d.chain.empty();
+    started_ = ev_now(rt_.loop());
+    dial_ = host->connect(d, [this](UniqueFd fd, net::DialError err, std::string msg) {
+      if (done()) return;
+      seconds_ = ev_now(rt_.loop()) - started_;
+      ok_ = err == net::DialError::kOk && fd;
+      if (!ok_) {
+        error_ = forward_error_name(err, through_proxy_);
+        detail_ = std::move(msg);
+      }
+      fd.reset();  // a probe: connected is all it asks
+      complete();
+    });
+    if (!dial_ && !done()) throw std::runtime_error("await.connect: dialing is not available");
+  }
+
+  static int push_results(lua_State* L, ConnectOp& op) {
+    lua_pushboolean(L, op.ok_);
+    if (op.ok_) {
+      lua_pushnumber(L, op.seconds_);
+      return 2;
+    }
+    lua_pushstring(L, op.error_);
+    lua_pushlstring(L, op.detail_.data(), op.detail_.size());
+    return 3;
+  }
+
+ private:
+  void halt() override { dial_.reset(); }
+  std::unique_ptr<Cancellable> dial_;
+  bool through_proxy_ = false;
+  double started_ = 0, seconds_ = 0;
+  bool ok_ = false;
+  const char* error_ = "system error";
+  std::string detail_;
+};
+
+int connect_impl(lua_State* L) {
+  check_async(L, "await.connect");
+  const int n = lua_gettop(L);
+  luaL_checkstring(L, 1);
+  for (int i = 2; i <= n; ++i) luaL_checkstring(L, i);
+  auto* op = push_op<ConnectOp>(L);
+  return wait_for(L, op, n + 1, [L, n](ConnectOp& o) {
+    RpcTarget t = parse_rpc_target(L, 1, n, "await.connect");
+    o.start(Decision{std::move(t.addr), std::move(t.chain)});
+  });
+}
+
 }  // namespace
 
 void open_await(lua_State* L) {
@@ -517,14 +577,12 @@ void open_await(lua_State* L) {
   register_op<ExecuteOp>(L);
   register_op<InvokeOp>(L);
   register_op<ForwardOp>(L);
+  register_op<ConnectOp>(L);
   const luaL_Reg funcs[] = {
-      {"sleep", guarded<sleep_impl>},
-      {"idle", guarded<idle_impl>},
-      {"resolve", guarded<resolve_impl>},
-      {"execute", guarded<execute_impl>},
-      {"invoke", guarded<invoke_impl>},
-      {"forward", guarded<forward_impl>},
-      {nullptr, nullptr},
+      {"sleep", guarded<sleep_impl>},     {"idle", guarded<idle_impl>},
+      {"resolve", guarded<resolve_impl>}, {"execute", guarded<execute_impl>},
+      {"invoke", guarded<invoke_impl>},   {"forward", guarded<forward_impl>},
+      {"connect", guarded<connect_impl>}, {nullptr, nullptr},
   };
   luaL_newlib(L, funcs);
   lua_setglobal(L, "await");

@@ -122,6 +122,14 @@ struct Host {
   virtual std::unique_ptr<Cancellable> invoke(
       std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
+  // await.connect: dials d.target through d.chain (dial order, parsed by the
+  // engine) bounded by the server's timeout, never to the API, then cb once
+  // (the engine closes the connection). Destroying the handle cancels.
+  // Returns nullptr when the host cannot dial. Same rules as invoke().
+  virtual std::unique_ptr<Cancellable> connect(const Decision& /*d*/,
+                                               Forwarder::DialCallback /*cb*/) {
+    return nullptr;
+  }
   // neosocksd.setapikey(addr, key): the API key invoke() sends to `addr`
   // from now on; an empty key sends none, nullopt goes back to the node's
   // own (--api-key). May throw (hosts without RPC).

@@ -13,6 +13,7 @@
 #include "api/endpoints.hpp"
 #include "api/rpc_client.hpp"
 #include "core/log.hpp"
+#include "server/forward_dial.hpp"
 #include "server/server.hpp"
 #include "version.hpp"
 
@@ -371,6 +372,12 @@ std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address ad
   std::string key = it != peer_keys_.end() ? it->second : server_.config().api_key;
   return api::rpc_call(server_.loop(), &server_.resolver(), opts, std::move(code), std::move(addr),
                        std::move(hops), std::move(cb), std::move(key));
+}
+
+std::unique_ptr<Cancellable> Control::connect(const ruleset::Decision& d,
+                                              ruleset::Forwarder::DialCallback cb) {
+  // `asked` = the target itself: not a rewrite, so the API stays out of reach.
+  return std::make_unique<ForwardDial>(server_, d.target, d, std::move(cb), false);
 }
 
 void Control::set_api_key(const proto::Address& addr, std::optional<std::string> key) {

@@ -45,6 +45,9 @@ class Control : public ruleset::Host, public api::ApiBackend {
   ruleset::Engine* engine() override { return engine_.get(); }
   std::string server_stats(bool incremental) override;
   std::string server_metrics() override;
+  // await.connect (health probes): never to the API, not counted as traffic.
+  std::unique_ptr<Cancellable> connect(const ruleset::Decision& d,
+                                       ruleset::Forwarder::DialCallback cb) override;
   // /metrics: neosocksd 2026-07's series, then the labelled ones (upstream
   // chains, listeners).
   void neosocksd_metrics(std::string& out);

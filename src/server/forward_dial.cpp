@@ -7,7 +7,7 @@
 namespace rs::server {
 
 ForwardDial::ForwardDial(Server& server, const proto::Address& asked, const ruleset::Decision& d,
-                         ruleset::Forwarder::DialCallback cb)
+                         ruleset::Forwarder::DialCallback cb, bool record)
     : server_(server) {
   ruleset::Decision copy = d;
   std::vector<proto::ProxyUri> chain = decision_chain(server.proxy_chain(), copy);
@@ -18,10 +18,11 @@ ForwardDial::ForwardDial(Server& server, const proto::Address& asked, const rule
   const double started = ev_now(server.loop());
   std::string label = chain_label(d.chain);
   dialer_->start(copy.target, std::move(chain), deny,
-                 [this, started, label = std::move(label), cb = std::move(cb)](
+                 [this, started, record, label = std::move(label), cb = std::move(cb)](
                      UniqueFd fd, net::DialError err, const std::string& msg) {
-                   server_.stats().record_dial(label, err == net::DialError::kOk,
-                                               ev_now(server_.loop()) - started);
+                   if (record)
+                     server_.stats().record_dial(label, err == net::DialError::kOk,
+                                                 ev_now(server_.loop()) - started);
                    cb(std::move(fd), err, msg);
                  });
 }

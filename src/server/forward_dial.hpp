@@ -21,8 +21,10 @@ class Server;
 // ruleset rewrote may reach the API, as for a returned decision.
 class ForwardDial : public Cancellable {
  public:
+  // `record`: count the dial in the per-chain stats and the connect latency
+  // (client traffic; a health probe is not).
   ForwardDial(Server& server, const proto::Address& asked, const ruleset::Decision& d,
-              ruleset::Forwarder::DialCallback cb);
+              ruleset::Forwarder::DialCallback cb, bool record = true);
   ~ForwardDial() override;
   ForwardDial(const ForwardDial&) = delete;
   ForwardDial& operator=(const ForwardDial&) = delete;

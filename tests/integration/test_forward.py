@@ -255,6 +255,52 @@ class Group(IntegrationCase):
         self.assertGreater(m['rulesocks_rule_hits_total{tag="grouped"}'], 0)
 
 
+PROBED = """
+_G.libruleset = require("libruleset")
+_G.NDEBUG = true
+_G.G = lb.group("p", {
+    { name = "a", chain = { "socks5://127.0.0.1:%(a)d" } },
+    { name = "b", chain = { "socks5://127.0.0.1:%(b)d" } },
+}, { max_fails = 1, cooldown = 3600, hysteresis = 0,
+     probe = { target = "127.0.0.1:%(origin)d", interval = 0.1, backoff = 2, max_interval = 0.4 } })
+G:start_probes()
+_G.route_default = { G:action(), "probed" }
+return libruleset
+"""
+
+
+class Probes(IntegrationCase):
+
+    def test_probes_take_a_dead_member_out_and_bring_it_back(self):
+        origin = self.start_class_origin()
+        a_port = free_port()  # nothing there yet
+        b = self.start_proxy(name="member-b")
+        node = start_node(self, "probed", PROBED % {"a": a_port, "b": b.port,
+                                                    "origin": origin.port})
+
+        def member(name):
+            v = rpcall(node.api_port, f'local m = rpc.group_state("p").{name} '
+                       'return m.state, m.successes, m.failures')
+            return [x.decode() if isinstance(x, bytes) else x for x in v[1:]]
+
+        # No client request at all: the probes find a dead and b alive.
+        self.assertTrue(wait_until(lambda: member("a")[0] == "down", IO_TIMEOUT), member("a"))
+        self.assertTrue(wait_until(lambda: member("b")[1] >= 1, IO_TIMEOUT), member("b"))
+        rep, reply = socks5_get(node.port, origin.port)
+        self.assertEqual((rep, reply.status), (0, 200))
+        # a comes up: a probe through it ends its (hour-long) cooldown.
+        self.start_proxy("-l", f"{LOOP4}:{a_port}", socks=False, extra_ports=(a_port,),
+                         name="member-a")
+        self.assertTrue(wait_until(lambda: member("a")[0] == "up", IO_TIMEOUT), member("a"))
+        self.assertGreaterEqual(member("a")[1], 1)
+        # The origin saw probe connections only as TCP connects: every request
+        # still succeeds, now through a again (the preferred member).
+        self.assertTrue(wait_until(
+            lambda: socks5_get(node.port, origin.port)[0] == 0 and
+            rpcall(node.api_port, 'return rpc.group_state("p").a.current')[1] is True,
+            IO_TIMEOUT))
+
+
 class MidForward(IntegrationCase):
 
     def test_client_leaving_while_forward_dials_leaks_nothing(self):

@@ -332,3 +332,29 @@ TEST_F(ForwardTest, TheRoutineOutlivesItsHandleOnceForwarded) {
 
 }  // namespace
 }  // namespace rs::ruleset::testing
+
+namespace rs::ruleset::testing {
+namespace {
+
+TEST_F(EngineTest, ConnectWithoutAHostDialerRaises) {
+  make();
+  std::string reply;
+  bool got = false;
+  auto rpc = engine_->rpcall(R"(
+    local ok, err = pcall(await.connect, "127.0.0.1:1", "socks5://127.0.0.1:2")
+    local ok2, err2 = pcall(await.connect, "no port")
+    return tostring(ok) .. "|" .. tostring(err) .. "|" .. tostring(ok2) .. "|" .. tostring(err2)
+  )",
+                             [&](std::string body) {
+                               reply = std::move(body);
+                               got = true;
+                             });
+  ASSERT_TRUE(run_until([&] { return got; }));
+  EXPECT_NE(reply.find("false|await.connect: dialing is not available"), std::string::npos)
+      << reply;
+  EXPECT_NE(reply.find("false|await.connect: invalid address"), std::string::npos) << reply;
+  EXPECT_EQ(engine_->pending_awaits(), 0u);
+}
+
+}  // namespace
+}  // namespace rs::ruleset::testing
