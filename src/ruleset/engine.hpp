@@ -36,7 +36,8 @@ namespace rs::ruleset {
 
 namespace detail {
 class Runtime;
-}
+struct Outcome;
+}  // namespace detail
 
 // Where to send it: `target` through `chain`, parsed once by the engine.
 struct Decision {
@@ -204,6 +205,9 @@ class Engine {
   bool has_ruleset() const;
 
  private:
+  // The text an optional synchronous callback returned, or "" (errors noted).
+  std::string optional_text(const char* method, detail::Outcome out);
+
   std::shared_ptr<detail::Runtime> rt_;
 };
 

@@ -197,42 +197,47 @@ void Control::neosocksd_metrics(std::string& out) {
   // work here; the values are neosocksd.stats()'s (Control::stats()).
   const ruleset::HostStats h = stats();
   const Stats& s = server_.stats();
-  api::add_metric(out, "neosocksd_sessions_active", "gauge", "Number of active proxy sessions.",
-                  h.num_sessions);
-  api::add_metric(out, "neosocksd_sessions_peak", "gauge",
-                  "Peak concurrent proxy sessions since start.", h.num_sessions_peak);
-  api::add_metric(out, "neosocksd_halfopen_connections", "gauge",
-                  "Connections in handshake/ruleset/dial phase.", h.num_halfopen);
-  api::add_metric(out, "neosocksd_uptime_seconds", "gauge", "Seconds since server start.",
-                  h.uptime);
-  api::add_metric(out, "neosocksd_process_cpu_seconds_total", "counter",
-                  "Total CPU time consumed by the process.", process_cpu_seconds());
-  api::add_metric(out, "neosocksd_connections_accepted_total", "counter",
-                  "Connections accepted by the listener.", h.num_accept);
-  api::add_metric(out, "neosocksd_connections_served_total", "counter",
-                  "Connections upgraded to proxy sessions.", h.num_serve);
-  api::add_metric(out, "neosocksd_requests_total", "counter", "Total proxy requests processed.",
-                  h.num_request);
-  api::add_metric(out, "neosocksd_requests_success_total", "counter",
-                  "Proxy requests completed successfully.", h.num_success);
-  api::add_metric(out, "neosocksd_rejects_ruleset_total", "counter",
-                  "Connections rejected by the ruleset.", h.num_reject_ruleset);
-  api::add_metric(out, "neosocksd_rejects_timeout_total", "counter",
-                  "Connections timed out before becoming active.", h.num_reject_timeout);
-  api::add_metric(out, "neosocksd_rejects_upstream_total", "counter",
-                  "Connections failed during upstream dial.", h.num_reject_upstream);
-  api::add_metric(out, "neosocksd_dns_queries_total", "counter", "DNS queries issued.",
-                  h.num_dns_query);
-  api::add_metric(out, "neosocksd_dns_success_total", "counter",
-                  "DNS queries resolved successfully.", h.num_dns_success);
-  api::add_metric(out, "neosocksd_api_requests_total", "counter", "API requests received.",
-                  h.num_api_request);
-  api::add_metric(out, "neosocksd_api_requests_success_total", "counter",
-                  "API requests completed successfully.", h.num_api_success);
-  api::add_metric(out, "neosocksd_uplink_bytes_total", "counter",
-                  "Total bytes of proxied payload sent to upstream.", h.byt_up);
-  api::add_metric(out, "neosocksd_downlink_bytes_total", "counter",
-                  "Total bytes of proxied payload received from upstream.", h.byt_down);
+  struct Series {
+    const char* name;
+    const char* type;
+    const char* help;
+    double value;
+  };
+  const auto n = [](uint64_t v) { return static_cast<double>(v); };
+  const Series series[] = {
+      {"sessions_active", "gauge", "Number of active proxy sessions.", n(h.num_sessions)},
+      {"sessions_peak", "gauge", "Peak concurrent proxy sessions since start.",
+       n(h.num_sessions_peak)},
+      {"halfopen_connections", "gauge", "Connections in handshake/ruleset/dial phase.",
+       n(h.num_halfopen)},
+      {"uptime_seconds", "gauge", "Seconds since server start.", h.uptime},
+      {"process_cpu_seconds_total", "counter", "Total CPU time consumed by the process.",
+       process_cpu_seconds()},
+      {"connections_accepted_total", "counter", "Connections accepted by the listener.",
+       n(h.num_accept)},
+      {"connections_served_total", "counter", "Connections upgraded to proxy sessions.",
+       n(h.num_serve)},
+      {"requests_total", "counter", "Total proxy requests processed.", n(h.num_request)},
+      {"requests_success_total", "counter", "Proxy requests completed successfully.",
+       n(h.num_success)},
+      {"rejects_ruleset_total", "counter", "Connections rejected by the ruleset.",
+       n(h.num_reject_ruleset)},
+      {"rejects_timeout_total", "counter", "Connections timed out before becoming active.",
+       n(h.num_reject_timeout)},
+      {"rejects_upstream_total", "counter", "Connections failed during upstream dial.",
+       n(h.num_reject_upstream)},
+      {"dns_queries_total", "counter", "DNS queries issued.", n(h.num_dns_query)},
+      {"dns_success_total", "counter", "DNS queries resolved successfully.", n(h.num_dns_success)},
+      {"api_requests_total", "counter", "API requests received.", n(h.num_api_request)},
+      {"api_requests_success_total", "counter", "API requests completed successfully.",
+       n(h.num_api_success)},
+      {"uplink_bytes_total", "counter", "Total bytes of proxied payload sent to upstream.",
+       n(h.byt_up)},
+      {"downlink_bytes_total", "counter", "Total bytes of proxied payload received from upstream.",
+       n(h.byt_down)},
+  };
+  for (const auto& m : series)
+    api::add_metric(out, fmt::format("neosocksd_{}", m.name), m.type, m.help, m.value);
   if (s.connects > 0) {
     // Over the last Stats::kLatencySamples successful connects.
     const size_t n = std::min<uint64_t>(s.connects, Stats::kLatencySamples);
@@ -252,19 +257,18 @@ void Control::neosocksd_metrics(std::string& out) {
 void Control::labelled_metrics(std::string& out) {
   const Stats& s = server_.stats();
   if (!s.chains.empty()) {
-    out +=
-        "# HELP rulesocks_upstream_dials_total Dials ended, by upstream chain (hops in dial "
-        "order, credentials masked; \"direct\" for none).\n"
-        "# TYPE rulesocks_upstream_dials_total counter\n";
-    for (const auto& [label, c] : s.chains)
-      out += fmt::format("rulesocks_upstream_dials_total{{chain=\"{}\"}} {}\n", label_value(label),
-                         c.dials);
-    out +=
-        "# HELP rulesocks_upstream_dial_failures_total Dials that failed, by upstream chain.\n"
-        "# TYPE rulesocks_upstream_dial_failures_total counter\n";
-    for (const auto& [label, c] : s.chains)
-      out += fmt::format("rulesocks_upstream_dial_failures_total{{chain=\"{}\"}} {}\n",
-                         label_value(label), c.failures);
+    // One counter family by chain: HELP, TYPE, then a sample per chain.
+    auto by_chain = [&](std::string_view name, std::string_view help, auto value) {
+      out += fmt::format("# HELP {0} {1}\n# TYPE {0} counter\n", name, help);
+      for (const auto& [label, c] : s.chains)
+        out += fmt::format("{}{{chain=\"{}\"}} {}\n", name, label_value(label), value(c));
+    };
+    by_chain("rulesocks_upstream_dials_total",
+             "Dials ended, by upstream chain (hops in dial order, credentials masked; "
+             "\"direct\" for none).",
+             [](const ChainStats& c) { return c.dials; });
+    by_chain("rulesocks_upstream_dial_failures_total", "Dials that failed, by upstream chain.",
+             [](const ChainStats& c) { return c.failures; });
     out +=
         "# HELP rulesocks_upstream_connect_seconds Time to a connected upstream, successful "
         "dials, by upstream chain.\n"

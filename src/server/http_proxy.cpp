@@ -315,23 +315,24 @@ void HttpProxy::forward_commit(UniqueFd fd, ruleset::Decision d) {
   auto chain = decision_chain(server_.proxy_chain(), d);
   // A fresh connection the ruleset chose: it may go to the pool afterwards
   // under the same key a returned decision would use.
-  pool_key_ = d.target.to_string() + (rewritten ? " api" : "");
-  for (const auto& hop : chain) pool_key_ += " " + hop.to_string();
-  dial_target_ = std::move(d.target);
-  dial_chain_ = std::move(chain);
-  may_reach_api_ = rewritten;
+  set_upstream(std::move(d.target), std::move(chain), rewritten);
   phase_ = Phase::kDialing;
   reused_ = false;
   on_dialed(std::move(fd), net::DialError::kOk, {});
 }
 
-void HttpProxy::dial(proto::Address target, std::vector<proto::ProxyUri> chain,
-                     bool may_reach_api) {
+void HttpProxy::set_upstream(proto::Address target, std::vector<proto::ProxyUri> chain,
+                             bool may_reach_api) {
   pool_key_ = target.to_string() + (may_reach_api ? " api" : "");
   for (const auto& hop : chain) pool_key_ += " " + hop.to_string();
   dial_target_ = std::move(target);
   dial_chain_ = std::move(chain);
   may_reach_api_ = may_reach_api;
+}
+
+void HttpProxy::dial(proto::Address target, std::vector<proto::ProxyUri> chain,
+                     bool may_reach_api) {
+  set_upstream(std::move(target), std::move(chain), may_reach_api);
   connect_upstream(true);
 }
 

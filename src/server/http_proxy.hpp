@@ -70,6 +70,8 @@ class HttpProxy : private ruleset::Forwarder {
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
+  // The exchange's upstream (and its pool key), dialled or handed over.
+  void set_upstream(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
   // Dials dial_target_ through dial_chain_, or takes a pooled connection.
   void connect_upstream(bool use_pool);
   void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
