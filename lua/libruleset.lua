@@ -1677,10 +1677,10 @@ function lb.group(name, members, opts)
         if type(mname) ~= "string" or g.byname[mname] then
             error(sformat("lb.group: member #%d needs a unique name", i), 2)
         end
-        chain_args(chain, "lb.group")
+        local args, nargs = chain_args(chain, "lb.group")
         local prev = old and old.byname[mname]
         local st = {
-            name = mname, chain = chain, index = i,
+            name = mname, chain = chain, args = args, nargs = nargs, index = i,
             weight = tonumber(m.weight) or 1,
             drained = false, fails = {}, down_until = 0,
             successes = 0, failures = 0, latency = nil,
@@ -1753,13 +1753,29 @@ function group:select(now)
     if self.forced then
         return self.forced
     end
-    local best
-    for _, m in ipairs(self.members) do
-        if self:usable(m, now) and (best == nil or self:better(m, best)) then
-            best = m
+    local members, best = self.members, nil
+    if self.mode == "failover" then
+        -- List order: the first usable member is the best (the hot path).
+        for i = 1, #members do
+            local m = members[i]
+            if not m.drained and m.weight > 0 and now >= m.down_until then
+                best = m
+                break
+            end
+        end
+    else
+        for i = 1, #members do
+            local m = members[i]
+            if self:usable(m, now) and (best == nil or self:better(m, best)) then
+                best = m
+            end
         end
     end
     local cur = self.current
+    if best == cur then
+        self.challenger = nil
+        return cur
+    end
     if best == nil then
         return cur
     end
@@ -1826,7 +1842,9 @@ end
 
 function group:record_success(m, seconds)
     m.successes = m.successes + 1
-    m.fails = {}
+    if m.fails[1] then
+        m.fails = {}
+    end
     if seconds then
         m.latency = m.latency and (m.latency + self.ewma * (seconds - m.latency)) or seconds
     end
@@ -1852,28 +1870,58 @@ end
 
 -- group:forward(addr): await.forward through the members in order. Returns
 -- true and the member's name, or nil and the last error.
+local function try_member(self, forward, m, addr)
+    local clock = self.clock
+    local t0 = clock()
+    local ok, err = forward(addr, tunpack(m.args, 1, m.nargs))
+    local t1 = clock()
+    if ok then
+        self:record_success(m, t1 - t0)
+        if m ~= self.current and not self.forced then
+            -- The selected member failed this request: traffic moves now,
+            -- and back only after the hysteresis.
+            self.switches = self.switches + 1
+            evlogf("group %s: %s -> %s (failover)", self.name,
+                self.current and self.current.name or "none", m.name)
+            self.current, self.challenger = m, nil
+        end
+        return true
+    end
+    self:record_failure(m, t1, err)
+    return false, err
+end
+
 function group:forward(addr)
     local forward = self.forward_fn or await.forward
-    local lasterr = "no usable member"
-    for _, m in ipairs(self:order(now_of(self))) do
-        local t, n = chain_args(m.chain, "lb.group")
-        local t0 = now_of(self)
-        local ok, err = forward(addr, tunpack(t, 1, n))
-        local t1 = now_of(self)
+    local now = self.clock()
+    -- The usual case first, without building the whole order: the selected
+    -- member, usable, connects.
+    local forced = self.forced
+    if forced then
+        -- The operator's choice, alone, whatever its state.
+        local ok, err = try_member(self, forward, forced, addr)
         if ok then
-            self:record_success(m, t1 - t0)
-            if m ~= self.current and not self.forced then
-                -- The selected member failed this request: traffic moves now,
-                -- and back only after the hysteresis.
-                self.switches = self.switches + 1
-                evlogf("group %s: %s -> %s (failover)", self.name,
-                    self.current and self.current.name or "none", m.name)
-                self.current, self.challenger = m, nil
-            end
-            return true, m.name
+            return true, forced.name
         end
-        self:record_failure(m, t1, err)
-        lasterr = err or lasterr
+        return nil, err
+    end
+    local first = self:select(now)
+    if first and self:usable(first, now) then
+        local ok, err = try_member(self, forward, first, addr)
+        if ok then
+            return true, first.name
+        end
+        now = self.clock()
+    end
+    local lasterr = "no usable member"
+    for _, m in ipairs(self:order(now)) do
+        if m ~= first then
+            local ok, err = try_member(self, forward, m, addr)
+            if ok then
+                return true, m.name
+            end
+            lasterr = err or lasterr
+        end
     end
     return nil, lasterr
 end
@@ -1915,9 +1963,8 @@ end
 function group:probe_once(m, now)
     local p = self.probe
     local connect = self.connect_fn or await.connect
-    local t, n = chain_args(m.chain, "lb.group")
     local t0 = now_of(self)
-    local ok, err = connect(p.target, tunpack(t, 1, n))
+    local ok, err = connect(p.target, tunpack(m.args, 1, m.nargs))
     local t1 = now_of(self)
     if ok then
         m.down_until = 0
