@@ -55,9 +55,28 @@ end, function()
             return ruleset.route("127.0.0." .. (i % 250 + 1) .. ":80")
         end),
     }
+    -- A decision through a healthy failover group (lb.group) against a plain
+    -- rule.redirect with the same chain. The group's forward stands in for
+    -- await.forward (which needs a live request) and answers at once, so this
+    -- is the cost of the decision itself: selection, hysteresis, bookkeeping.
+    local chain = { "socks5://127.0.0.1:1081" }
+    local redirect = rule.redirect("127.0.0.1:8000", chain[1])
+    local group = lb.group("bench", {
+        { name = "a", chain = chain }, { name = "b", chain = { "socks5://127.0.0.1:1082" } },
+    }, { forward = function() return true end })
+    local action = group:action()
+    results.redirect = measure("rule.redirect through a proxy", N, function(i)
+        return redirect("example.org:" .. (i % 60000 + 1))
+    end)
+    results.group = measure("healthy failover group (lb.group)", N, function(i)
+        return action("example.org:" .. (i % 60000 + 1))
+    end)
+    print(string.format("%-34s %12.2fx", "group / rule.redirect", results.group / results.redirect))
     print(string.format("%-34s %12.2f s", "building the tables", build_s))
     print(string.format("%-34s %12.1f MiB", "Lua heap of the tables", heap_mib))
     print(string.format("JSON {\"build_s\":%.3f,\"heap_mib\":%.1f,\"resolve_hit\":%.0f,"
-        .. "\"resolve_miss\":%.0f,\"route_hit\":%.0f,\"route_miss\":%.0f}", build_s, heap_mib,
-        results.resolve_hit, results.resolve_miss, results.route_hit, results.route_miss))
+        .. "\"resolve_miss\":%.0f,\"route_hit\":%.0f,\"route_miss\":%.0f,\"redirect\":%.0f,"
+        .. "\"group\":%.0f}", build_s, heap_mib,
+        results.resolve_hit, results.resolve_miss, results.route_hit, results.route_miss,
+        results.redirect, results.group))
 end)

@@ -1557,6 +1557,506 @@ function neosocksd.sendmsg(target, func, ...)
 end
 
 -- [[ deciding ]] --
+-- [[ failover and health-checked groups ]] --
+-- Routing that sees the outcome: the attempts go through await.forward, so a
+-- dead upstream costs a retry on the next one, not a client error. A chain is
+-- a list of proxy URIs in await.forward's (and a route callback's) order:
+-- proxyN, ..., proxy1, the last being the first hop; a single URI string is a
+-- one-hop chain and {} (or "") a direct connection.
+
+local function chain_args(chain, what)
+    if chain == nil or chain == "" then
+        return {}, 0
+    end
+    if type(chain) == "string" then
+        return { chain }, 1
+    end
+    if type(chain) ~= "table" then
+        error(sformat("%s: a chain is a list of proxy URIs, got %s", what, type(chain)), 3)
+    end
+    for i = 1, #chain do
+        if type(chain[i]) ~= "string" then
+            error(sformat("%s: proxy URI string expected at #%d, got %s", what, i, type(chain[i])), 3)
+        end
+    end
+    return chain, #chain
+end
+
+-- libruleset.failover(addr, chains[, forward]): await.forward(addr, chain...)
+-- through each chain in turn until one connects. Returns true and the chain's
+-- index, or nil and the last error, so that a callback ending in
+-- `return libruleset.failover(addr, chains)` rejects when every chain failed.
+-- Only inside ruleset.resolve/route/route6 (await.forward's rule).
+function M.failover(addr, chains, forward)
+    if type(chains) ~= "table" then
+        error(sformat("libruleset.failover: chain list expected, got %s", type(chains)), 2)
+    end
+    forward = forward or await.forward
+    local lasterr = "no chain to try"
+    for i = 1, #chains do
+        local t, n = chain_args(chains[i], "libruleset.failover")
+        local ok, err = forward(addr, tunpack(t, 1, n))
+        if ok then
+            return true, i
+        end
+        lasterr = err or lasterr
+    end
+    return nil, lasterr
+end
+
+-- rule.failover(chains): an action doing libruleset.failover on the request.
+function rule.failover(chains)
+    if type(chains) ~= "table" then
+        error(sformat("rule.failover: chain list expected, got %s", type(chains)), 2)
+    end
+    return function(addr)
+        return M.failover(addr, chains)
+    end
+end
+
+local groups = rawget(_G, "failover_groups")
+if type(groups) ~= "table" then
+    groups = {}
+    _G.failover_groups = groups -- kept across ruleset reloads, like rule_hits
+end
+M.groups = groups
+
+local group = {}
+group.__index = group
+
+local GROUP_DEFAULTS = {
+    mode = "failover", -- "failover": the first healthy member in list order; "latency": the fastest
+    max_fails = 3,     -- failures within fail_window that take a member out
+    fail_window = 30,  -- seconds
+    cooldown = 60,     -- seconds out before it is tried again
+    hysteresis = 10,   -- seconds a member must stay better before traffic moves to it
+    ewma = 0.3,        -- weight of a new connect time in the latency average
+}
+
+local function now_of(g)
+    return g.clock()
+end
+
+-- lb.group(name, members[, opts]): a health-checked group of upstream chains.
+-- members: { { name = "a", chain = { ... }, weight = 1 }, ... } (or
+-- { "a", chain }). opts: the GROUP_DEFAULTS above, plus
+--   probe = { target = "host:port", interval = 30, backoff = 2, max_interval = 600 }
+--           active TCP-connect probes through each member (await.connect); off
+--           unless given, so that nothing probes every node unasked
+--   clock = function() return seconds end (neosocksd.now), forward = await.forward,
+--   connect = await.connect: replaceable for tests and special transports.
+-- A group with the same name replaces the old one but keeps its members'
+-- state (by member name), so a ruleset reload does not forget who is down.
+function lb.group(name, members, opts)
+    if type(name) ~= "string" or name == "" then
+        error("lb.group: a name string expected", 2)
+    end
+    if type(members) ~= "table" or #members == 0 then
+        error("lb.group: a non-empty member list expected", 2)
+    end
+    opts = opts or {}
+    local g = setmetatable({ name = name, members = {}, byname = {}, switches = 0 }, group)
+    for k, v in pairs(GROUP_DEFAULTS) do
+        g[k] = opts[k] == nil and v or opts[k]
+    end
+    if g.mode ~= "failover" and g.mode ~= "latency" then
+        error(sformat("lb.group: unknown mode %q", tostring(g.mode)), 2)
+    end
+    for _, k in ipairs({ "max_fails", "fail_window", "cooldown", "hysteresis" }) do
+        if type(g[k]) ~= "number" or g[k] < 0 then
+            error(sformat("lb.group: %s must be a non-negative number", k), 2)
+        end
+    end
+    g.clock = opts.clock or neosocksd.now
+    g.forward_fn = opts.forward
+    g.connect_fn = opts.connect
+    local old = groups[name]
+    for i, m in ipairs(members) do
+        local mname = m.name or m[1]
+        local chain = m.chain or m[2] or {}
+        if type(mname) ~= "string" or g.byname[mname] then
+            error(sformat("lb.group: member #%d needs a unique name", i), 2)
+        end
+        local args, nargs = chain_args(chain, "lb.group")
+        local prev = old and old.byname[mname]
+        local st = {
+            name = mname, chain = chain, args = args, nargs = nargs, index = i,
+            weight = tonumber(m.weight) or 1,
+            drained = false, fails = {}, down_until = 0,
+            successes = 0, failures = 0, latency = nil,
+            probe_due = 0, probe_interval = nil,
+        }
+        if prev then
+            for _, k in ipairs({ "drained", "fails", "down_until", "successes", "failures", "latency" }) do
+                st[k] = prev[k]
+            end
+            if m.weight == nil then
+                st.weight = prev.weight
+            end
+        end
+        g.members[i], g.byname[mname] = st, st
+    end
+    if old then
+        g.current = old.current and g.byname[old.current.name]
+        g.forced = old.forced and g.byname[old.forced.name]
+        g.switches = old.switches
+    end
+    if opts.probe then
+        local p = opts.probe
+        if type(p) ~= "table" or type(p.target) ~= "string" then
+            error("lb.group: probe = { target = \"host:port\", ... } expected", 2)
+        end
+        g.probe = {
+            target = p.target,
+            interval = tonumber(p.interval) or 30,
+            backoff = tonumber(p.backoff) or 2,
+            max_interval = tonumber(p.max_interval) or 600,
+        }
+    end
+    groups[name] = g
+    if old and old.stop_probes then
+        old:stop_probes()
+    end
+    return g
+end
+
+-- A member that may take traffic now.
+function group:usable(m, now)
+    return not m.drained and m.weight > 0 and now >= m.down_until
+end
+
+function group:state_of(m, now)
+    now = now or now_of(self)
+    if m.drained or m.weight <= 0 then
+        return "drained"
+    elseif now < m.down_until then
+        return "down"
+    end
+    return "up"
+end
+
+-- a ranks before b
+function group:better(a, b)
+    if self.mode == "latency" then
+        local la, lb_ = a.latency or math.huge, b.latency or math.huge
+        if la ~= lb_ then
+            return la < lb_
+        end
+    end
+    return a.index < b.index
+end
+
+-- The member traffic goes to now, after hysteresis: a better member takes
+-- over only once it has stayed better for `hysteresis` seconds; a current
+-- member that is out is left at once.
+function group:select(now)
+    if self.forced then
+        return self.forced
+    end
+    local members, best = self.members, nil
+    if self.mode == "failover" then
+        -- List order: the first usable member is the best (the hot path).
+        for i = 1, #members do
+            local m = members[i]
+            if not m.drained and m.weight > 0 and now >= m.down_until then
+                best = m
+                break
+            end
+        end
+    else
+        for i = 1, #members do
+            local m = members[i]
+            if self:usable(m, now) and (best == nil or self:better(m, best)) then
+                best = m
+            end
+        end
+    end
+    local cur = self.current
+    if best == cur then
+        self.challenger = nil
+        return cur
+    end
+    if best == nil then
+        return cur
+    end
+    if cur == nil or not self:usable(cur, now) then
+        if cur ~= best then
+            self.switches = self.switches + 1
+            evlogf("group %s: %s -> %s", self.name, cur and cur.name or "none", best.name)
+        end
+        self.current, self.challenger = best, nil
+        return best
+    end
+    if best ~= cur and self:better(best, cur) then
+        if self.challenger ~= best then
+            self.challenger, self.challenger_since = best, now
+        end
+        if now - self.challenger_since >= self.hysteresis then
+            self.switches = self.switches + 1
+            evlogf("group %s: %s -> %s (preferred)", self.name, cur.name, best.name)
+            self.current, self.challenger = best, nil
+            return best
+        end
+    else
+        self.challenger = nil
+    end
+    return cur
+end
+
+-- The members in the order a request tries them: the selected one, the other
+-- usable ones by rank, then (only when none is usable) the rest by rank.
+function group:order(now)
+    local first = self:select(now)
+    if self.forced then
+        return { self.forced }
+    end
+    local usable, rest = {}, {}
+    for _, m in ipairs(self.members) do
+        if m ~= first then
+            if self:usable(m, now) then
+                usable[#usable + 1] = m
+            elseif not m.drained and m.weight > 0 then
+                rest[#rest + 1] = m
+            end
+        end
+    end
+    local by = function(a, b)
+        return self:better(a, b)
+    end
+    local out = {}
+    if first and self:usable(first, now) then
+        out[1] = first
+    elseif first and not first.drained and first.weight > 0 then
+        rest[#rest + 1] = first
+    end
+    tsort(usable, by)
+    for _, m in ipairs(usable) do
+        out[#out + 1] = m
+    end
+    if #out == 0 then
+        tsort(rest, by)
+        return rest
+    end
+    return out
+end
+
+function group:record_success(m, seconds)
+    m.successes = m.successes + 1
+    if m.fails[1] then
+        m.fails = {}
+    end
+    if seconds then
+        m.latency = m.latency and (m.latency + self.ewma * (seconds - m.latency)) or seconds
+    end
+end
+
+function group:record_failure(m, now, err)
+    m.failures = m.failures + 1
+    local kept = {}
+    for _, t in ipairs(m.fails) do
+        if now - t < self.fail_window then
+            kept[#kept + 1] = t
+        end
+    end
+    kept[#kept + 1] = now
+    m.fails = kept
+    if #kept >= self.max_fails and now >= m.down_until then
+        m.down_until = now + self.cooldown
+        m.fails = {}
+        evlogf("group %s: %s is out for %gs after %d failures (%s)", self.name, m.name,
+            self.cooldown, #kept, tostring(err))
+    end
+end
+
+-- group:forward(addr): await.forward through the members in order. Returns
+-- true and the member's name, or nil and the last error.
+local function try_member(self, forward, m, addr)
+    local clock = self.clock
+    local t0 = clock()
+    local ok, err = forward(addr, tunpack(m.args, 1, m.nargs))
+    local t1 = clock()
+    if ok then
+        self:record_success(m, t1 - t0)
+        if m ~= self.current and not self.forced then
+            -- The selected member failed this request: traffic moves now,
+            -- and back only after the hysteresis.
+            self.switches = self.switches + 1
+            evlogf("group %s: %s -> %s (failover)", self.name,
+                self.current and self.current.name or "none", m.name)
+            self.current, self.challenger = m, nil
+        end
+        return true
+    end
+    self:record_failure(m, t1, err)
+    return false, err
+end
+
+function group:forward(addr)
+    local forward = self.forward_fn or await.forward
+    local now = self.clock()
+    -- The usual case first, without building the whole order: the selected
+    -- member, usable, connects.
+    local forced = self.forced
+    if forced then
+        -- The operator's choice, alone, whatever its state.
+        local ok, err = try_member(self, forward, forced, addr)
+        if ok then
+            return true, forced.name
+        end
+        return nil, err
+    end
+    local first = self:select(now)
+    if first and self:usable(first, now) then
+        local ok, err = try_member(self, forward, first, addr)
+        if ok then
+            return true, first.name
+        end
+        now = self.clock()
+    end
+    local lasterr = "no usable member"
+    for _, m in ipairs(self:order(now)) do
+        if m ~= first then
+            local ok, err = try_member(self, forward, m, addr)
+            if ok then
+                return true, m.name
+            end
+            lasterr = err or lasterr
+        end
+    end
+    return nil, lasterr
+end
+
+-- group:action(): a rule action routing through the group.
+function group:action()
+    return function(addr)
+        return self:forward(addr)
+    end
+end
+
+-- Operator controls (also as rpc.group_*).
+function group:member(name)
+    local m = self.byname[name]
+    if not m then
+        error(sformat("group %s has no member %q", self.name, tostring(name)), 3)
+    end
+    return m
+end
+
+function group:drain(name, on)
+    self:member(name).drained = on ~= false
+end
+
+function group:set_weight(name, w)
+    w = tonumber(w)
+    if not w or w < 0 then
+        error("group weight must be a non-negative number", 2)
+    end
+    self:member(name).weight = w
+end
+
+function group:force(name)
+    self.forced = name ~= nil and self:member(name) or nil
+end
+
+-- One active probe of `m`: a TCP connection through its chain to the probe
+-- target. The interval backs off while it fails.
+function group:probe_once(m, now)
+    local p = self.probe
+    local connect = self.connect_fn or await.connect
+    local t0 = now_of(self)
+    local ok, err = connect(p.target, tunpack(m.args, 1, m.nargs))
+    local t1 = now_of(self)
+    if ok then
+        m.down_until = 0
+        self:record_success(m, t1 - t0)
+        m.probe_interval = p.interval
+    else
+        self:record_failure(m, t1, err)
+        m.probe_interval = math.min((m.probe_interval or p.interval) * p.backoff, p.max_interval)
+    end
+    m.probe_due = t1 + m.probe_interval
+    return ok, err
+end
+
+-- Probes every member that is due; returns the seconds until the next is.
+function group:probe_due_members(now)
+    local next_in = self.probe.max_interval
+    for _, m in ipairs(self.members) do
+        if not m.drained and now >= m.probe_due then
+            self:probe_once(m, now)
+            now = now_of(self)
+        end
+        next_in = math.min(next_in, math.max(m.probe_due - now, 0.01))
+    end
+    return next_in
+end
+
+-- Starts the probe routine (lb.group does not): call it from the ruleset's
+-- main chunk when the group has a probe.
+function group:start_probes()
+    if not self.probe or self.probing then
+        return
+    end
+    self.probing = true
+    local me = self
+    async(function()
+        while me.probing and groups[me.name] == me do
+            await.sleep(me:probe_due_members(now_of(me)))
+        end
+    end)
+end
+
+function group:stop_probes()
+    self.probing = false
+end
+
+local function find_group(name)
+    local g = groups[name]
+    if not g then
+        error(sformat("no failover group %q", tostring(name)), 3)
+    end
+    return g
+end
+
+function rpc.group_drain(gname, member, on)
+    find_group(gname):drain(member, on)
+    return true
+end
+
+function rpc.group_weight(gname, member, w)
+    find_group(gname):set_weight(member, w)
+    return true
+end
+
+function rpc.group_force(gname, member)
+    find_group(gname):force(member)
+    return true
+end
+
+-- { member = { state = "up"|"down"|"drained", current = bool, ... }, ... }
+function rpc.group_state(gname)
+    local g = find_group(gname)
+    local now = now_of(g)
+    local out = {}
+    for _, m in ipairs(g.members) do
+        out[m.name] = {
+            state = g:state_of(m, now), current = g.current == m, forced = g.forced == m,
+            weight = m.weight, successes = m.successes, failures = m.failures,
+            latency = m.latency,
+        }
+    end
+    return out
+end
+
+local function sorted_groups()
+    local names = {}
+    for name in pairs(groups) do
+        names[#names + 1] = name
+    end
+    tsort(names)
+    return names
+end
+
 _G.num_requests = mtointeger(rawget(_G, "num_requests")) or 0
 _G.stat_requests = rlist:check(rawget(_G, "stat_requests")) or rlist:new(60, { _G.num_requests })
 local hits = rawget(_G, "rule_hits")
@@ -1816,6 +2316,21 @@ function M.stats(dt)
     for _, tag in ipairs(tags) do
         w:insertf("%-20s: %d", tostring(tag), hits[tag])
     end
+    local gnames = sorted_groups()
+    if #gnames > 0 then
+        w:insert("> Failover Groups")
+        for _, gname in ipairs(gnames) do
+            local g = groups[gname]
+            local now = now_of(g)
+            for _, m in ipairs(g.members) do
+                w:insertf("%-20s: %-7s%s%s weight %g, ok %d, failed %d, latency %s",
+                    gname .. "/" .. m.name, g:state_of(m, now),
+                    g.current == m and " current" or "", g.forced == m and " forced" or "",
+                    m.weight, m.successes, m.failures,
+                    m.latency and sformat("%.1fms", m.latency * 1e3) or "-")
+            end
+        end
+    end
     w:insert("> Recent Events")
     for _, e in recent_events:iter() do
         if e.count == 1 then
@@ -1828,6 +2343,65 @@ function M.stats(dt)
     local deltas = request_deltas()
     local line, peak = M.sparkline(deltas)
     w:insertf("[%s] per tick, oldest first; now: %d, peak: %d", line, deltas[#deltas], peak)
+    w:insert("")
+    return w:concat("\n")
+end
+
+-- A Prometheus label value.
+local function label(v)
+    return (sgsub(tostring(v), '[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
+end
+
+-- ruleset.metrics(): Prometheus text appended to /metrics: rule hits by tag
+-- and every failover group member's state.
+function M.metrics()
+    local w = list:new()
+    local tags = {}
+    for tag in pairs(hits) do
+        tags[#tags + 1] = tostring(tag)
+    end
+    tsort(tags)
+    w:insert("# HELP rulesocks_rule_hits_total Requests decided by a tagged libruleset rule, by tag.")
+    w:insert("# TYPE rulesocks_rule_hits_total counter")
+    for _, tag in ipairs(tags) do
+        w:insertf('rulesocks_rule_hits_total{tag="%s"} %d', label(tag), hits[tag])
+    end
+    local gnames = sorted_groups()
+    if #gnames > 0 then
+        local families = {
+            { "rulesocks_group_member_up", "gauge",
+                "1 when a failover group member may take traffic (not out, not drained).",
+                function(g, m, now) return g:state_of(m, now) == "up" and 1 or 0 end },
+            { "rulesocks_group_member_drained", "gauge", "1 when an operator drained the member.",
+                function(g, m) return (m.drained or m.weight <= 0) and 1 or 0 end },
+            { "rulesocks_group_member_current", "gauge", "1 for the member traffic goes to now.",
+                function(g, m) return g.current == m and 1 or 0 end },
+            { "rulesocks_group_member_weight", "gauge", "The member's weight.",
+                function(g, m) return m.weight end },
+            { "rulesocks_group_member_successes_total", "counter",
+                "Forwards and probes through the member that connected.",
+                function(g, m) return m.successes end },
+            { "rulesocks_group_member_failures_total", "counter",
+                "Forwards and probes through the member that failed.",
+                function(g, m) return m.failures end },
+            { "rulesocks_group_member_latency_seconds", "gauge",
+                "Moving average of the member's connect time (NaN before the first).",
+                function(g, m) return m.latency or (0 / 0) end },
+        }
+        for _, f in ipairs(families) do
+            w:insertf("# HELP %s %s", f[1], f[3])
+            w:insertf("# TYPE %s %s", f[1], f[2])
+            for _, gname in ipairs(gnames) do
+                local g = groups[gname]
+                local now = now_of(g)
+                for _, m in ipairs(g.members) do
+                    local v = f[4](g, m, now)
+                    w:insertf('%s{group="%s",member="%s"} %s', f[1], label(gname), label(m.name),
+                        v ~= v and "NaN" or sformat("%.17g", v))
+                end
+            end
+        end
+    end
     w:insert("")
     return w:concat("\n")
 end

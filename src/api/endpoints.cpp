@@ -125,6 +125,20 @@ ApiResponse Endpoints::metrics() {
   }
   add_metric(body, "rulesocks_uptime_seconds", "gauge", "Seconds since the server started.",
              ev_now(loop_) - started_);
+  if (ruleset::Engine* engine = backend_.engine()) {
+    add_metric(body, "neosocksd_lua_memory_bytes", "gauge", "Bytes allocated by the Lua VM.",
+               static_cast<double>(engine->memory_bytes()));
+    add_metric(body, "neosocksd_lua_objects", "gauge", "Number of live Lua objects.",
+               static_cast<double>(engine->memory_objects()));
+    add_metric(body, "neosocksd_lua_threads_active", "gauge",
+               "Lua coroutines currently dispatched.",
+               static_cast<double>(engine->routines_alive()));
+    // Last, as in neosocksd: the ruleset's own families (libruleset: rule
+    // hits by tag, failover group members). Its text is taken as it is.
+    std::string extra = engine->metrics();
+    if (!extra.empty() && extra.back() != '\n') extra += '\n';
+    body += extra;
+  }
   ApiResponse r;
   r.body = std::move(body);
   r.content_type = "text/plain; version=0.0.4";

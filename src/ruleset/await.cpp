@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/log.hpp"
 #include "ruleset/lib/lua_util.hpp"
 #include "ruleset/runtime.hpp"
 
@@ -34,11 +35,13 @@ class Op {
 
   uint64_t id() const { return id_; }
   bool done() const { return done_; }
-  // The routine no longer waits: cancel whatever is in flight. Idempotent.
+  // The routine no longer waits: cancel whatever is in flight, or release
+  // what a completed op still holds (a dial's handle). Idempotent.
   void stop() {
-    if (!live_) return;
-    live_ = false;
-    rt_.op_stopped();
+    if (live_) {
+      live_ = false;
+      rt_.op_stopped();
+    }
     halt();
   }
 
@@ -391,6 +394,180 @@ int invoke_impl(lua_State* L) {
   return wait_for(L, op, n + 1, [L, n](InvokeOp& o) { o.start(L, 1, n); });
 }
 
+// ---- ok, err, detail = await.forward(addr, proxyN, ..., proxy1)
+
+// neosocksd's dialer error names, so that rulesets written for it can match
+// on them.
+const char* forward_error_name(net::DialError err, bool through_proxy) {
+  switch (err) {
+    case net::DialError::kOk:
+      return "success";
+    case net::DialError::kTimeout:
+      return "timeout";
+    case net::DialError::kNotAllowed:
+      return through_proxy ? "request rejected by proxy" : "connection blocked by policy";
+    case net::DialError::kNetUnreachable:
+    case net::DialError::kHostUnreachable:
+    case net::DialError::kRefused:
+      return "connection failed";
+    case net::DialError::kAddressType:
+      return "proxy protocol error";
+    case net::DialError::kGeneral:
+      break;
+  }
+  return "system error";
+}
+
+class ForwardOp : public Op {
+ public:
+  static constexpr const char* kName = "rs.await.forward";
+  explicit ForwardOp(Runtime& rt) : Op(rt) {}
+
+  // C++ only. `job_id` names the request; its Forwarder is looked up again
+  // when the dial ends, since the request may be gone by then.
+  void start(uint64_t job_id, Forwarder& fwd, Decision d) {
+    job_id_ = job_id;
+    through_proxy_ = !d.chain.empty();
+    decision_ = std::move(d);
+    dial_ = fwd.forward_dial(decision_, [this](UniqueFd fd, net::DialError err, std::string msg) {
+      on_dialed(std::move(fd), err, std::move(msg));
+    });
+  }
+
+  static int push_results(lua_State* L, ForwardOp& op) {
+    lua_pushboolean(L, op.ok_);
+    if (op.ok_) return 1;
+    lua_pushstring(L, op.error_);
+    lua_pushlstring(L, op.detail_.data(), op.detail_.size());
+    return 3;
+  }
+
+ private:
+  // From the loop, not inside Lua: the handle (dial_) stays until halt().
+  void on_dialed(UniqueFd fd, net::DialError err, std::string msg) {
+    if (done()) return;
+    Job* job = rt_.find_job(job_id_);
+    Forwarder* fwd = job != nullptr ? job->forwarder : nullptr;
+    if (err != net::DialError::kOk) {
+      error_ = forward_error_name(err, through_proxy_);
+      detail_ = std::move(msg);
+    } else if (fwd == nullptr) {
+      // The client left meanwhile: `fd` closes here.
+      error_ = "request cancelled";
+    } else {
+      ok_ = true;
+      // Before the commit: whatever the owner does with its route handle
+      // from inside it must leave this routine running.
+      rt_.mark_forwarded(*job);
+      try {
+        fwd->forward_commit(std::move(fd), std::move(decision_));
+      } catch (const std::exception& e) {
+        log::error("ruleset: await.forward: {}", e.what());
+      }
+    }
+    complete();
+  }
+  void halt() override { dial_.reset(); }
+
+  uint64_t job_id_ = 0;
+  bool through_proxy_ = false;
+  Decision decision_;
+  std::unique_ptr<Cancellable> dial_;
+  bool ok_ = false;
+  const char* error_ = "request cancelled";
+  std::string detail_;
+};
+
+int forward_impl(lua_State* L) {
+  check_async(L, "await.forward");
+  Runtime& rt = Runtime::of(L);
+  Job* job = rt.job_on(L);
+  if (job == nullptr || job->kind != JobKind::kRoute) {
+    return luaL_error(L, "await.forward must be called from a ruleset request handler");
+  }
+  if (job->forwarder == nullptr) {
+    return luaL_error(L, "await.forward: the request is not forwardable");
+  }
+  const int n = lua_gettop(L);
+  // As in neosocksd: nothing (or nil) to forward to answers nil, and the
+  // request stays open.
+  if (n < 1 || lua_isnil(L, 1)) {
+    lua_settop(L, 0);
+    lua_pushnil(L);
+    return 1;
+  }
+  for (int i = 1; i <= n; ++i) luaL_checkstring(L, i);
+  const uint64_t job_id = job->id;
+  auto* op = push_op<ForwardOp>(L);
+  return wait_for(L, op, n + 1, [L, n, job_id, &rt](ForwardOp& o) {
+    RpcTarget t = parse_rpc_target(L, 1, n, "await.forward");
+    Job* j = rt.find_job(job_id);
+    if (j == nullptr || j->forwarder == nullptr)
+      throw std::runtime_error("await.forward: the request is not forwardable");
+    o.start(job_id, *j->forwarder, Decision{std::move(t.addr), std::move(t.chain)});
+  });
+}
+
+// ---- ok, seconds | false, err, detail = await.connect(addr, proxyN, ..., proxy1)
+// A health probe: a connection through the chain, closed at once.
+
+class ConnectOp : public Op {
+ public:
+  static constexpr const char* kName = "rs.await.connect";
+  explicit ConnectOp(Runtime& rt) : Op(rt) {}
+
+  void start(Decision d) {
+    Host* host = rt_.host();
+    if (host == nullptr) throw std::runtime_error("await.connect: dialing is not available");
+    through_proxy_ = !d.chain.empty();
+    started_ = ev_now(rt_.loop());
+    dial_ = host->connect(d, [this](UniqueFd fd, net::DialError err, std::string msg) {
+      if (done()) return;
+      seconds_ = ev_now(rt_.loop()) - started_;
+      ok_ = err == net::DialError::kOk && fd;
+      if (!ok_) {
+        error_ = forward_error_name(err, through_proxy_);
+        detail_ = std::move(msg);
+      }
+      fd.reset();  // a probe: connected is all it asks
+      complete();
+    });
+    if (!dial_ && !done()) throw std::runtime_error("await.connect: dialing is not available");
+  }
+
+  static int push_results(lua_State* L, ConnectOp& op) {
+    lua_pushboolean(L, op.ok_);
+    if (op.ok_) {
+      lua_pushnumber(L, op.seconds_);
+      return 2;
+    }
+    lua_pushstring(L, op.error_);
+    lua_pushlstring(L, op.detail_.data(), op.detail_.size());
+    return 3;
+  }
+
+ private:
+  void halt() override { dial_.reset(); }
+  std::unique_ptr<Cancellable> dial_;
+  bool through_proxy_ = false;
+  double started_ = 0, seconds_ = 0;
+  bool ok_ = false;
+  const char* error_ = "system error";
+  std::string detail_;
+};
+
+int connect_impl(lua_State* L) {
+  check_async(L, "await.connect");
+  const int n = lua_gettop(L);
+  luaL_checkstring(L, 1);
+  for (int i = 2; i <= n; ++i) luaL_checkstring(L, i);
+  auto* op = push_op<ConnectOp>(L);
+  return wait_for(L, op, n + 1, [L, n](ConnectOp& o) {
+    RpcTarget t = parse_rpc_target(L, 1, n, "await.connect");
+    o.start(Decision{std::move(t.addr), std::move(t.chain)});
+  });
+}
+
 }  // namespace
 
 void open_await(lua_State* L) {
@@ -399,10 +576,13 @@ void open_await(lua_State* L) {
   register_op<ResolveOp>(L);
   register_op<ExecuteOp>(L);
   register_op<InvokeOp>(L);
+  register_op<ForwardOp>(L);
+  register_op<ConnectOp>(L);
   const luaL_Reg funcs[] = {
       {"sleep", guarded<sleep_impl>},     {"idle", guarded<idle_impl>},
       {"resolve", guarded<resolve_impl>}, {"execute", guarded<execute_impl>},
-      {"invoke", guarded<invoke_impl>},   {nullptr, nullptr},
+      {"invoke", guarded<invoke_impl>},   {"forward", guarded<forward_impl>},
+      {"connect", guarded<connect_impl>}, {nullptr, nullptr},
   };
   luaL_newlib(L, funcs);
   lua_setglobal(L, "await");

@@ -281,7 +281,7 @@ std::unique_ptr<Cancellable> Engine::route(Request req, RouteCallback cb) {
         lua_pushnil(L);
       }
     }
-    id = rt_->start_job(JobKind::kRoute, 4, std::move(on_done));
+    id = rt_->start_job(JobKind::kRoute, 4, std::move(on_done), req.forwarder);
   }
   return std::make_unique<JobHandle>(rt_, id);
 }
@@ -290,29 +290,40 @@ size_t Engine::gc() {
   return rt_->gc();
 }
 
-std::string Engine::stats(double dt, std::string_view q) {
-  lua_State* L = rt_->L();
-  StackGuard guard(L);
-  lua_pushboolean(L, 0);  // ruleset.stats is optional
+namespace {
+
+// Pushes what runs the optional ruleset.`method` synchronously (its
+// arguments follow).
+void push_optional_method(lua_State* L, const char* method) {
+  lua_pushboolean(L, 0);  // optional: absent answers nothing
   lua_pushcclosure(L, detail::method_entry, 1);
-  lua_pushliteral(L, "stats");
-  lua_pushnumber(L, dt);
-  lua_pushlstring(L, q.data(), q.size());
-  Outcome out = rt_->run_sync(3);
+  lua_pushstring(L, method);
+}
+
+}  // namespace
+
+std::string Engine::optional_text(const char* method, Outcome out) {
   if (!out.ok) {
-    rt_->note_error("ruleset.stats", out.error);
+    rt_->note_error(std::string("ruleset.") + method, out.error);
     return {};
   }
   if (out.values.empty() || out.values[0].type != LUA_TSTRING) return {};
   return std::move(out.values[0].str);
 }
 
+std::string Engine::stats(double dt, std::string_view q) {
+  lua_State* L = rt_->L();
+  StackGuard guard(L);
+  push_optional_method(L, "stats");
+  lua_pushnumber(L, dt);
+  lua_pushlstring(L, q.data(), q.size());
+  return optional_text("stats", rt_->run_sync(3));
+}
+
 std::optional<std::string> Engine::healthy() {
   lua_State* L = rt_->L();
   StackGuard guard(L);
-  lua_pushboolean(L, 0);  // ruleset.healthy is optional
-  lua_pushcclosure(L, detail::method_entry, 1);
-  lua_pushliteral(L, "healthy");
+  push_optional_method(L, "healthy");
   Outcome out = rt_->run_sync(1);
   if (!out.ok) {
     rt_->note_error("ruleset.healthy", out.error);
@@ -321,6 +332,13 @@ std::optional<std::string> Engine::healthy() {
   if (out.values.empty() || out.values[0].type != LUA_TSTRING || out.values[0].str.empty())
     return std::nullopt;
   return std::move(out.values[0].str);
+}
+
+std::string Engine::metrics() {
+  lua_State* L = rt_->L();
+  StackGuard guard(L);
+  push_optional_method(L, "metrics");
+  return optional_text("metrics", rt_->run_sync(1));
 }
 
 size_t Engine::memory_bytes() const {

@@ -23,7 +23,9 @@
 #include <vector>
 
 #include "core/cancellable.hpp"
+#include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/dial_error.hpp"
 #include "net/resolver.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
@@ -34,14 +36,8 @@ namespace rs::ruleset {
 
 namespace detail {
 class Runtime;
-}
-
-// One proxy request, as the ruleset callbacks see it.
-struct Request {
-  enum class Kind { kResolve, kRoute, kRoute6 } kind = Kind::kResolve;
-  std::string addr;  // "example.org:80", "1.2.3.4:80", "[::1]:80"
-  std::optional<std::string> username, password;
-};
+struct Outcome;
+}  // namespace detail
 
 // Where to send it: `target` through `chain`, parsed once by the engine.
 struct Decision {
@@ -49,6 +45,33 @@ struct Decision {
   // Hops in dial order, first hop first: the reverse of Lua's
   // `return addr, proxyN, ..., proxy1`.
   std::vector<proto::ProxyUri> chain;
+};
+
+// await.forward's way back to the request's owner (a Session, an HttpProxy):
+// the ruleset dials from inside its callback and, on success, hands the
+// connection over before the callback returns. Implemented by the server;
+// every method runs on the loop thread, never inside Lua frames.
+struct Forwarder {
+  virtual ~Forwarder() = default;
+  using DialCallback = std::function<void(UniqueFd fd, net::DialError err, std::string msg)>;
+  // Dials d.target through d.chain (dial order) bounded by the server's
+  // timeout, then cb once, from the loop. Destroying the handle cancels (no
+  // callback after that); it is never destroyed inside cb. May throw.
+  virtual std::unique_ptr<Cancellable> forward_dial(const Decision& d, DialCallback cb) = 0;
+  // A dial succeeded: the request is answered with `fd` (reply, then relay).
+  // Called at most once per request; after it the route callback is never
+  // called, and the owner may drop the route handle at once.
+  virtual void forward_commit(UniqueFd fd, Decision d) = 0;
+};
+
+// One proxy request, as the ruleset callbacks see it.
+struct Request {
+  enum class Kind { kResolve, kRoute, kRoute6 } kind = Kind::kResolve;
+  std::string addr;  // "example.org:80", "1.2.3.4:80", "[::1]:80"
+  std::optional<std::string> username, password;
+  // Borrowed; must outlive the route handle. nullptr: await.forward raises
+  // "the request is not forwardable".
+  Forwarder* forwarder = nullptr;
 };
 
 // neosocksd.config(): the server's options as plain data. An empty string
@@ -100,6 +123,14 @@ struct Host {
   virtual std::unique_ptr<Cancellable> invoke(
       std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
+  // await.connect: dials d.target through d.chain (dial order, parsed by the
+  // engine) bounded by the server's timeout, never to the API, then cb once
+  // (the engine closes the connection). Destroying the handle cancels.
+  // Returns nullptr when the host cannot dial. Same rules as invoke().
+  virtual std::unique_ptr<Cancellable> connect(const Decision& /*d*/,
+                                               Forwarder::DialCallback /*cb*/) {
+    return nullptr;
+  }
   // neosocksd.setapikey(addr, key): the API key invoke() sends to `addr`
   // from now on; an empty key sends none, nullopt goes back to the node's
   // own (--api-key). May throw (hosts without RPC).
@@ -148,7 +179,8 @@ class Engine {
 
   // Asks ruleset.resolve / route / route6 (addr, username, password) in a
   // routine. `error` says why a request was rejected, for the logs. Destroying
-  // the handle cancels the routine and everything it awaits.
+  // the handle cancels the routine and everything it awaits, except after
+  // await.forward succeeded: the routine then runs on, its result ignored.
   using RouteCallback = std::function<void(std::optional<Decision> d, std::string error)>;
   [[nodiscard]] std::unique_ptr<Cancellable> route(Request req, RouteCallback cb);
 
@@ -161,6 +193,9 @@ class Engine {
   // raises "not in an asynchronous routine", and a bare coroutine.yield() is
   // closed at once as "attempt to yield from a synchronous callback".
   std::optional<std::string> healthy();
+  // ruleset.metrics(), run like stats(): Prometheus text appended to
+  // /metrics, or "" when absent, failing or not a string.
+  std::string metrics();
 
   size_t memory_bytes() const;
   size_t memory_objects() const;       // live Lua heap blocks (neosocksd's num_object)
@@ -170,6 +205,9 @@ class Engine {
   bool has_ruleset() const;
 
  private:
+  // The text an optional synchronous callback returned, or "" (errors noted).
+  std::string optional_text(const char* method, detail::Outcome out);
+
   std::shared_ptr<detail::Runtime> rt_;
 };
 

@@ -279,12 +279,14 @@ bool Runtime::is_sync_thread(lua_State* L) const {
   return std::find(sync_threads_.begin(), sync_threads_.end(), L) != sync_threads_.end();
 }
 
-uint64_t Runtime::start_job(JobKind kind, int nargs, std::function<void(Outcome)> on_done) {
+uint64_t Runtime::start_job(JobKind kind, int nargs, std::function<void(Outcome)> on_done,
+                            Forwarder* forwarder) {
   auto owned = std::make_unique<Job>();
   Job& job = *owned;
   job.id = next_id();
   job.kind = kind;
   job.on_done = std::move(on_done);
+  job.forwarder = forwarder;
   const uint64_t id = job.id;
   jobs_.emplace(id, std::move(owned));
 
@@ -342,12 +344,22 @@ void Runtime::detach_job(uint64_t id) {
   jobs_.erase(id);
 }
 
+void Runtime::mark_forwarded(Job& job) {
+  job.forwarded = true;
+  job.forwarder = nullptr;
+  job.on_done = nullptr;
+}
+
 void Runtime::cancel(uint64_t id) {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;
   Job& job = *it->second;
+  // Answered by await.forward: the routine may finish what it does after
+  // (bookkeeping); nobody waits for its outcome.
+  if (job.forwarded) return;
   job.cancelled = true;
   job.on_done = nullptr;
+  job.forwarder = nullptr;
   if (job.thread == nullptr) {  // ended; its delivery is pending
     jobs_.erase(it);
     return;

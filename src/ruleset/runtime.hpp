@@ -107,6 +107,11 @@ struct Job {
   bool cancelled = false;
   Outcome outcome;
   std::function<void(Outcome)> on_done;  // asynchronous kinds, run from the loop
+  // kRoute: await.forward's host side, borrowed; cleared when the job is
+  // cancelled or has forwarded. `forwarded`: the request was answered by
+  // await.forward, so the routine's outcome is dropped and cancel() leaves it.
+  Forwarder* forwarder = nullptr;
+  bool forwarded = false;
 };
 
 // Registry keys (their addresses are the keys).
@@ -157,7 +162,13 @@ class Runtime {
   // ---- Jobs (host level: not from inside Lua unless stated).
   // Starts `f` with `nargs` arguments, found on top of the main thread's stack
   // (popped). The routine runs until its first yield before this returns.
-  uint64_t start_job(JobKind kind, int nargs, std::function<void(Outcome)> on_done);
+  uint64_t start_job(JobKind kind, int nargs, std::function<void(Outcome)> on_done,
+                     Forwarder* forwarder = nullptr);
+  // The job whose routine runs on thread `co` (its main function, not a
+  // coroutine inside it), or nullptr. Safe from inside Lua.
+  Job* job_on(lua_State* co) { return job_of(co); }
+  // await.forward succeeded for `job`: drop its callback, keep its routine.
+  void mark_forwarded(Job& job);
   // Runs `f` (as above) as a synchronous callback: yielding is an error.
   Outcome run_sync(int nargs);
   // A job that already has its outcome (e.g. "no ruleset"): delivered later.

@@ -1,15 +1,19 @@
 #include "server/control.hpp"
 
 #include <fmt/format.h>
+#include <time.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iterator>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "api/endpoints.hpp"
 #include "api/rpc_client.hpp"
 #include "core/log.hpp"
+#include "server/forward_dial.hpp"
 #include "server/server.hpp"
 #include "version.hpp"
 
@@ -166,7 +170,154 @@ std::string Control::server_metrics() {
                   server_.resolver().queries());
   api::add_metric(out, "rulesocks_dns_successes_total", "counter", "DNS queries that resolved.",
                   server_.resolver().successes());
+  neosocksd_metrics(out);
+  labelled_metrics(out);
   return out;
+}
+
+namespace {
+
+// A Prometheus label value: backslash, quote and newline escaped.
+std::string label_value(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+double process_cpu_seconds() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// The q-quantile of the sorted samples (nearest rank).
+double quantile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  auto rank = static_cast<size_t>(q * static_cast<double>(sorted.size()));
+  return sorted[std::min(rank, sorted.size() - 1)];
+}
+
+}  // namespace
+
+void Control::neosocksd_metrics(std::string& out) {
+  // neosocksd 2026-07's names, types and meanings, so that its dashboards
+  // work here; the values are neosocksd.stats()'s (Control::stats()).
+  const ruleset::HostStats h = stats();
+  const Stats& s = server_.stats();
+  struct Series {
+    const char* name;
+    const char* type;
+    const char* help;
+    double value;
+  };
+  const auto n = [](uint64_t v) { return static_cast<double>(v); };
+  const Series series[] = {
+      {"sessions_active", "gauge", "Number of active proxy sessions.", n(h.num_sessions)},
+      {"sessions_peak", "gauge", "Peak concurrent proxy sessions since start.",
+       n(h.num_sessions_peak)},
+      {"halfopen_connections", "gauge", "Connections in handshake/ruleset/dial phase.",
+       n(h.num_halfopen)},
+      {"uptime_seconds", "gauge", "Seconds since server start.", h.uptime},
+      {"process_cpu_seconds_total", "counter", "Total CPU time consumed by the process.",
+       process_cpu_seconds()},
+      {"connections_accepted_total", "counter", "Connections accepted by the listener.",
+       n(h.num_accept)},
+      {"connections_served_total", "counter", "Connections upgraded to proxy sessions.",
+       n(h.num_serve)},
+      {"requests_total", "counter", "Total proxy requests processed.", n(h.num_request)},
+      {"requests_success_total", "counter", "Proxy requests completed successfully.",
+       n(h.num_success)},
+      {"rejects_ruleset_total", "counter", "Connections rejected by the ruleset.",
+       n(h.num_reject_ruleset)},
+      {"rejects_timeout_total", "counter", "Connections timed out before becoming active.",
+       n(h.num_reject_timeout)},
+      {"rejects_upstream_total", "counter", "Connections failed during upstream dial.",
+       n(h.num_reject_upstream)},
+      {"dns_queries_total", "counter", "DNS queries issued.", n(h.num_dns_query)},
+      {"dns_success_total", "counter", "DNS queries resolved successfully.", n(h.num_dns_success)},
+      {"api_requests_total", "counter", "API requests received.", n(h.num_api_request)},
+      {"api_requests_success_total", "counter", "API requests completed successfully.",
+       n(h.num_api_success)},
+      {"uplink_bytes_total", "counter", "Total bytes of proxied payload sent to upstream.",
+       n(h.byt_up)},
+      {"downlink_bytes_total", "counter", "Total bytes of proxied payload received from upstream.",
+       n(h.byt_down)},
+  };
+  for (const auto& m : series)
+    api::add_metric(out, fmt::format("neosocksd_{}", m.name), m.type, m.help, m.value);
+  if (s.connects > 0) {
+    // Over the last Stats::kLatencySamples successful connects.
+    const size_t n = std::min<uint64_t>(s.connects, Stats::kLatencySamples);
+    std::vector<double> sorted(s.connect_latency.begin(), s.connect_latency.begin() + n);
+    std::sort(sorted.begin(), sorted.end());
+    out +=
+        "# HELP neosocksd_connect_latency_seconds Connection establishment latency.\n"
+        "# TYPE neosocksd_connect_latency_seconds summary\n";
+    for (double q : {0.5, 0.9, 0.99})
+      out += fmt::format("neosocksd_connect_latency_seconds{{quantile=\"{}\"}} {}\n", q,
+                         quantile(sorted, q));
+    out += fmt::format("neosocksd_connect_latency_seconds_sum {}\n", s.connect_latency_sum);
+    out += fmt::format("neosocksd_connect_latency_seconds_count {}\n", s.connects);
+  }
+}
+
+void Control::labelled_metrics(std::string& out) {
+  const Stats& s = server_.stats();
+  if (!s.chains.empty()) {
+    // One counter family by chain: HELP, TYPE, then a sample per chain.
+    auto by_chain = [&](std::string_view name, std::string_view help, auto value) {
+      out += fmt::format("# HELP {0} {1}\n# TYPE {0} counter\n", name, help);
+      for (const auto& [label, c] : s.chains)
+        out += fmt::format("{}{{chain=\"{}\"}} {}\n", name, label_value(label), value(c));
+    };
+    by_chain("rulesocks_upstream_dials_total",
+             "Dials ended, by upstream chain (hops in dial order, credentials masked; "
+             "\"direct\" for none).",
+             [](const ChainStats& c) { return c.dials; });
+    by_chain("rulesocks_upstream_dial_failures_total", "Dials that failed, by upstream chain.",
+             [](const ChainStats& c) { return c.failures; });
+    out +=
+        "# HELP rulesocks_upstream_connect_seconds Time to a connected upstream, successful "
+        "dials, by upstream chain.\n"
+        "# TYPE rulesocks_upstream_connect_seconds histogram\n";
+    for (const auto& [label, c] : s.chains) {
+      const std::string l = label_value(label);
+      for (size_t i = 0; i < ChainStats::kBuckets.size(); ++i)
+        out +=
+            fmt::format("rulesocks_upstream_connect_seconds_bucket{{chain=\"{}\",le=\"{}\"}} {}\n",
+                        l, ChainStats::kBuckets[i], c.le[i]);
+      out +=
+          fmt::format("rulesocks_upstream_connect_seconds_bucket{{chain=\"{}\",le=\"+Inf\"}} {}\n",
+                      l, c.dials - c.failures);
+      out += fmt::format("rulesocks_upstream_connect_seconds_sum{{chain=\"{}\"}} {}\n", l,
+                         c.latency_sum);
+      out += fmt::format("rulesocks_upstream_connect_seconds_count{{chain=\"{}\"}} {}\n", l,
+                         c.dials - c.failures);
+    }
+  }
+  if (!s.listener_bytes.empty()) {
+    out +=
+        "# HELP rulesocks_listener_bytes_total Bytes relayed by tunnels (SOCKS, CONNECT, "
+        "forwarding), by listener kind and direction.\n"
+        "# TYPE rulesocks_listener_bytes_total counter\n";
+    for (const auto& [name, b] : s.listener_bytes) {
+      out += fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"up\"}} {}\n",
+                         label_value(name), b[0]);
+      out +=
+          fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"down\"}} {}\n",
+                      label_value(name), b[1]);
+    }
+  }
 }
 
 void Control::count_api_request() {
@@ -242,6 +393,12 @@ std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address ad
   std::string key = it != peer_keys_.end() ? it->second : server_.config().api_key;
   return api::rpc_call(server_.loop(), &server_.resolver(), opts, std::move(code), std::move(addr),
                        std::move(hops), std::move(cb), std::move(key));
+}
+
+std::unique_ptr<Cancellable> Control::connect(const ruleset::Decision& d,
+                                              ruleset::Forwarder::DialCallback cb) {
+  // `asked` = the target itself: not a rewrite, so the API stays out of reach.
+  return std::make_unique<ForwardDial>(server_, d.target, d, std::move(cb), false);
 }
 
 void Control::set_api_key(const proto::Address& addr, std::optional<std::string> key) {

@@ -56,8 +56,16 @@ class Control : public ruleset::Host, public api::ApiBackend {
                                       std::vector<proto::ProxyUri> chain,
                                       std::function<void(bool, std::string)> cb) override;
   void set_api_key(const proto::Address& addr, std::optional<std::string> key) override;
+  // await.connect (health probes): never to the API, not counted as traffic.
+  std::unique_ptr<Cancellable> connect(const ruleset::Decision& d,
+                                       ruleset::Forwarder::DialCallback cb) override;
 
  private:
+  // /metrics: neosocksd 2026-07's series, then the labelled ones (upstream
+  // chains, listeners).
+  void neosocksd_metrics(std::string& out);
+  void labelled_metrics(std::string& out);
+
   Server& server_;
   std::unique_ptr<ruleset::Engine> engine_;
   // -r made absolute at start-up: -d changes the working directory to /.

@@ -8,6 +8,7 @@
 
 #include "core/log.hpp"
 #include "proto/http.hpp"
+#include "server/forward_dial.hpp"
 #include "server/routing.hpp"
 #include "server/server.hpp"
 
@@ -45,8 +46,11 @@ void HttpProxy::stop() {
   timer_.stop();
   later_.cancel();
   if (dialer_) dialer_->cancel();
+  // The routing handle goes now: an await.forward dial ending later must not
+  // reach this object (the engine copes with a cancel from anywhere, and
+  // on_routed drops the handle before anything it calls could get here).
+  routing_.reset();
   // Each may be inside its own callback: stopped now, destroyed later.
-  server_.deferred().dispose(std::move(routing_));
   server_.deferred().dispose(std::move(dialer_));
   server_.deferred().dispose(std::move(relay_));
 }
@@ -272,10 +276,12 @@ void HttpProxy::route() {
     return;
   }
   phase_ = Phase::kRouting;
-  routing_ = engine->route(routing_request(request_),
-                           [this](std::optional<ruleset::Decision> d, std::string why) {
-                             on_routed(std::move(d), why);
-                           });
+  ruleset::Request req = routing_request(request_);
+  req.forwarder = this;
+  routing_ =
+      engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {
+        on_routed(std::move(d), why);
+      });
 }
 
 void HttpProxy::on_routed(std::optional<ruleset::Decision> d, const std::string& why) {
@@ -294,13 +300,39 @@ void HttpProxy::on_routed(std::optional<ruleset::Decision> d, const std::string&
   dial(std::move(d->target), std::move(chain), rewritten);
 }
 
-void HttpProxy::dial(proto::Address target, std::vector<proto::ProxyUri> chain,
-                     bool may_reach_api) {
+std::unique_ptr<Cancellable> HttpProxy::forward_dial(const ruleset::Decision& d, DialCallback cb) {
+  // As in Session::forward_dial: each attempt gets the whole -t.
+  timer_.stop();
+  timer_.start(server_.config().timeout);
+  return std::make_unique<ForwardDial>(server_, request_.target, d, std::move(cb));
+}
+
+void HttpProxy::forward_commit(UniqueFd fd, ruleset::Decision d) {
+  server_.deferred().dispose(std::move(routing_));
+  if (phase_ != Phase::kRouting) return;  // `fd` closes here
+  const bool rewritten = d.target != request_.target;
+  if (rewritten) routed_ = d.target;
+  auto chain = decision_chain(server_.proxy_chain(), d);
+  // A fresh connection the ruleset chose: it may go to the pool afterwards
+  // under the same key a returned decision would use.
+  set_upstream(std::move(d.target), std::move(chain), rewritten);
+  phase_ = Phase::kDialing;
+  reused_ = false;
+  on_dialed(std::move(fd), net::DialError::kOk, {});
+}
+
+void HttpProxy::set_upstream(proto::Address target, std::vector<proto::ProxyUri> chain,
+                             bool may_reach_api) {
   pool_key_ = target.to_string() + (may_reach_api ? " api" : "");
   for (const auto& hop : chain) pool_key_ += " " + hop.to_string();
   dial_target_ = std::move(target);
   dial_chain_ = std::move(chain);
   may_reach_api_ = may_reach_api;
+}
+
+void HttpProxy::dial(proto::Address target, std::vector<proto::ProxyUri> chain,
+                     bool may_reach_api) {
+  set_upstream(std::move(target), std::move(chain), may_reach_api);
   connect_upstream(true);
 }
 
@@ -320,8 +352,11 @@ void HttpProxy::connect_upstream(bool use_pool) {
   dialer_ =
       std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
   const auto* deny = may_reach_api_ ? nullptr : &server_.protected_addresses();
+  const double started = ev_now(server_.loop());
   dialer_->start(dial_target_, dial_chain_, deny,
-                 [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                 [this, started](UniqueFd fd, net::DialError err, const std::string& msg) {
+                   server_.stats().record_dial(chain_label(dial_chain_), err == net::DialError::kOk,
+                                               ev_now(server_.loop()) - started);
                    on_dialed(std::move(fd), err, msg);
                  });
 }
@@ -547,7 +582,7 @@ void HttpProxy::on_timer() {
     case Phase::kDialing:
       if (dialer_) dialer_->cancel();
       server_.deferred().dispose(std::move(dialer_));
-      server_.deferred().dispose(std::move(routing_));
+      routing_.reset();  // as in stop()
       ++server_.stats().timed_out;
       error(504, "timed out");
       return;

@@ -38,7 +38,7 @@ namespace rs::server {
 
 class Server;
 
-class HttpProxy {
+class HttpProxy : private ruleset::Forwarder {
  public:
   // Runs once, from a loop callback, when the connection is over. It must not
   // destroy the HttpProxy (defer that).
@@ -70,9 +70,15 @@ class HttpProxy {
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
+  // The exchange's upstream (and its pool key), dialled or handed over.
+  void set_upstream(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
   // Dials dial_target_ through dial_chain_, or takes a pooled connection.
   void connect_upstream(bool use_pool);
   void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
+  // await.forward (ruleset::Forwarder): on success the exchange goes on over
+  // the ruleset's connection as over one of its own dials.
+  std::unique_ptr<Cancellable> forward_dial(const ruleset::Decision& d, DialCallback cb) override;
+  void forward_commit(UniqueFd fd, ruleset::Decision d) override;
   // For a bodyless request whose pooled upstream failed before answering:
   // redials and returns true.
   bool retry_on_fresh_connection();

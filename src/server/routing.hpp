@@ -4,6 +4,7 @@
 #pragma once
 
 #include <iterator>
+#include <string>
 #include <vector>
 
 #include "proto/proxy_uri.hpp"
@@ -33,6 +34,18 @@ inline std::vector<proto::ProxyUri> decision_chain(const std::vector<proto::Prox
   chain.insert(chain.end(), std::make_move_iterator(d.chain.begin()),
                std::make_move_iterator(d.chain.end()));
   return chain;
+}
+
+// A chain for metric labels: its hops in dial order without credentials,
+// "direct" when empty.
+inline std::string chain_label(const std::vector<proto::ProxyUri>& chain) {
+  if (chain.empty()) return "direct";
+  std::string out;
+  for (const auto& hop : chain) {
+    if (!out.empty()) out += ',';
+    out += hop.to_string();
+  }
+  return out;
 }
 
 }  // namespace rs::server

@@ -9,6 +9,7 @@
 
 #include "core/log.hpp"
 #include "ruleset/engine.hpp"
+#include "server/forward_dial.hpp"
 #include "server/routing.hpp"
 #include "server/server.hpp"
 
@@ -35,6 +36,18 @@ namespace rs::server {
 namespace {
 constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
 constexpr double kLinger = 2.0;              // seconds to let a client read an error reply
+
+const char* listener_name(ListenerKind kind) {
+  switch (kind) {
+    case ListenerKind::kSocks:
+      return "socks";
+    case ListenerKind::kHttp:
+      return "http";
+    case ListenerKind::kForward:
+      return "forward";
+  }
+  return "other";
+}
 }  // namespace
 
 Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind)
@@ -168,6 +181,7 @@ void Session::route() {
   }
   state_ = State::kRouting;
   ruleset::Request req = routing_request(request_);
+  req.forwarder = this;
   routing_ =
       engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {
         on_routed(std::move(d), why);
@@ -194,6 +208,8 @@ void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bo
   log::debug("{}: dialing {}", peer_, target);
   dialer_ =
       std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
+  dial_label_ = chain_label(chain);
+  dial_started_ = ev_now(server_.loop());
   // The API runs arbitrary Lua: never let a client reach it through the proxy
   // unless a ruleset routes it there on purpose.
   const auto* deny = may_reach_api ? nullptr : &server_.protected_addresses();
@@ -205,11 +221,34 @@ void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bo
 
 void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg) {
   server_.deferred().dispose(std::move(dialer_));
+  server_.stats().record_dial(dial_label_, err == net::DialError::kOk,
+                              ev_now(server_.loop()) - dial_started_);
   if (err != net::DialError::kOk) {
     ++server_.stats().dial_failed;
     reject(err, msg);
     return;
   }
+  relay(std::move(upstream));
+}
+
+std::unique_ptr<Cancellable> Session::forward_dial(const ruleset::Decision& d, DialCallback cb) {
+  // Each attempt gets the whole -t, so that a ruleset can still try another
+  // chain after one timed out; the client is never left without a bound.
+  timer_.stop();
+  timer_.start(server_.config().timeout);
+  return std::make_unique<ForwardDial>(server_, request_.target, d, std::move(cb));
+}
+
+void Session::forward_commit(UniqueFd fd, ruleset::Decision d) {
+  // Called from the forward's dial callback, never from inside Lua: the
+  // routine stays alive (forwarded), only this session's handle goes.
+  server_.deferred().dispose(std::move(routing_));
+  if (state_ != State::kRouting) return;  // `fd` closes here
+  if (d.target != request_.target) routed_ = d.target;
+  relay(std::move(fd));
+}
+
+void Session::relay(UniqueFd upstream) {
   if (frontend_ && !send_all(frontend_->reply(net::DialError::kOk))) {
     close();
     return;
@@ -225,6 +264,9 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
       [this](const net::RelayStats& st, std::string_view reason) {
         server_.stats().bytes_up += st.up;
         server_.stats().bytes_down += st.down;
+        auto& by = server_.stats().listener_bytes[listener_name(kind_)];
+        by[0] += st.up;
+        by[1] += st.down;
         log::verbose("{}: closed {} (up {} down {}): {}", peer_, target(), st.up, st.down, reason);
         close();
       });
@@ -301,7 +343,10 @@ void Session::teardown() {
   // Whatever is still running may be inside its own callback: stop it now,
   // destroy it later.
   if (dialer_) dialer_->cancel();
-  server_.deferred().dispose(std::move(routing_));
+  // Cancelled now, not later: an await.forward dial finishing meanwhile
+  // would otherwise hand its connection to this dying session (the engine
+  // copes with a cancel from anywhere; this is never inside its callback).
+  routing_.reset();
   server_.deferred().dispose(std::move(dialer_));
   server_.deferred().dispose(std::move(relay_));
   if (proxy_) proxy_->stop();

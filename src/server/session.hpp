@@ -27,7 +27,7 @@ class Server;
 struct TargetLog;
 enum class ListenerKind;
 
-class Session {
+class Session : private ruleset::Forwarder {
  public:
   // Takes ownership of the accepted socket `fd`.
   Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
@@ -50,6 +50,11 @@ class Session {
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
   void on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg);
+  // await.forward (ruleset::Forwarder): dials while routing; on success the
+  // session relays as if the dial had been its own.
+  std::unique_ptr<Cancellable> forward_dial(const ruleset::Decision& d, DialCallback cb) override;
+  void forward_commit(UniqueFd fd, ruleset::Decision d) override;
+  void relay(UniqueFd upstream);
   void reject(net::DialError err, const std::string& why);
   // Sends `reply`, then closes the session after the client has read it.
   void fail(std::string reply, const std::string& why);
@@ -72,6 +77,8 @@ class Session {
   std::optional<proto::Address> routed_;  // where the ruleset sent it, when rewritten
   std::unique_ptr<Cancellable> routing_;
   std::unique_ptr<net::Dialer> dialer_;
+  std::string dial_label_;  // the dial's chain, for metrics
+  double dial_started_ = 0;
   std::unique_ptr<net::Relay> relay_;
   std::unique_ptr<HttpProxy> proxy_;  // kProxying: owns the client socket
   std::list<std::unique_ptr<Session>>::iterator self_;

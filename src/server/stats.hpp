@@ -2,12 +2,50 @@
 // plain integers.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace rs::server {
 
+// Dials through one upstream chain (label: its hops without credentials).
+struct ChainStats {
+  // Upper bounds of the connect-latency histogram, seconds (+Inf implied).
+  static constexpr std::array<double, 9> kBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                     0.05,  0.1,    0.5,   2.5};
+  uint64_t dials = 0, failures = 0;
+  std::array<uint64_t, kBuckets.size()> le{};  // successful dials at or under each bound
+  double latency_sum = 0;                      // of successful dials, seconds
+};
+
 struct Stats {
+  // Distinct chains kept by label; the rest count under "other", so that a
+  // ruleset making up chains cannot grow /metrics without bound.
+  static constexpr size_t kMaxChains = 64;
+  static constexpr size_t kLatencySamples = 1024;  // the summary's window
+
+  // One dial ended (a route decision's or await.forward's), after `seconds`.
+  void record_dial(const std::string& label, bool ok, double seconds) {
+    auto it = chains.find(label);
+    if (it == chains.end())
+      it = chains.size() < kMaxChains ? chains.emplace(label, ChainStats{}).first
+                                      : chains.emplace("other", ChainStats{}).first;
+    ChainStats& c = it->second;
+    ++c.dials;
+    if (!ok) {
+      ++c.failures;
+      return;
+    }
+    c.latency_sum += seconds;
+    for (size_t i = 0; i < ChainStats::kBuckets.size(); ++i)
+      if (seconds <= ChainStats::kBuckets[i]) ++c.le[i];
+    connect_latency[connects % kLatencySamples] = seconds;
+    ++connects;
+    connect_latency_sum += seconds;
+  }
+
   size_t sessions = 0;  // live sessions (half-open and relaying)
   size_t halfopen = 0;  // accepted but not yet relaying
   size_t sessions_peak = 0;
@@ -23,6 +61,13 @@ struct Stats {
   uint64_t api_requests = 0;              // API request heads; never in `requests`
   uint64_t api_successes = 0;             // API requests answered with a 2xx status
   uint64_t api_unauthorized = 0;          // API requests refused 401 or 403 (access rules)
+  // Bytes relayed by listener ("socks 127.0.0.1:1080", ...), finished relays.
+  std::map<std::string, std::array<uint64_t, 2>> listener_bytes;  // {up, down}
+  std::map<std::string, ChainStats> chains;
+  // The last kLatencySamples successful connects (a ring), for the summary.
+  std::array<double, kLatencySamples> connect_latency{};
+  uint64_t connects = 0;
+  double connect_latency_sum = 0;
 };
 
 }  // namespace rs::server

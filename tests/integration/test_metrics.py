@@ -103,7 +103,8 @@ SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
 
 def parse_metrics(case, text):
     """Prometheus text 0.0.4 -> {"name" or "name{labels}": float}; asserts that every
-    family has HELP and TYPE before its samples and that counters end in _total."""
+    family has HELP and TYPE before its samples (a summary's or histogram's _sum,
+    _count and _bucket samples belong to it) and that counters end in _total."""
     types, helps, samples = {}, set(), {}
     for line in text.splitlines():
         if line.startswith("# HELP "):
@@ -115,10 +116,16 @@ def parse_metrics(case, text):
             m = SAMPLE.match(line)
             case.assertIsNotNone(m, f"not a sample line: {line!r}")
             name = m.group(1)
-            case.assertTrue(name.startswith("rulesocks_"), name)
-            case.assertIn(name, types, f"{name} has no TYPE line before it")
-            case.assertIn(name, helps, f"{name} has no HELP line before it")
-            case.assertEqual(name.endswith("_total"), types[name] == "counter", name)
+            case.assertTrue(name.startswith(("rulesocks_", "neosocksd_")), name)
+            family = name
+            for suffix in ("_bucket", "_sum", "_count"):
+                base = name[:-len(suffix)]
+                if name.endswith(suffix) and types.get(base) in ("summary", "histogram"):
+                    family = base
+            case.assertIn(family, types, f"{name} has no TYPE line before it")
+            case.assertIn(family, helps, f"{name} has no HELP line before it")
+            if family == name:
+                case.assertEqual(name.endswith("_total"), types[name] == "counter", name)
             samples[name + (m.group(2) or "")] = float(m.group(3))
     return samples
 

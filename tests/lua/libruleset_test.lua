@@ -1456,6 +1456,233 @@ local function finish(ok, msg)
     end
 end
 
+-- [[ failover and health-checked groups ]] --
+
+-- A fake upstream world: forward(addr, proxyN, ..., proxy1) succeeds unless the
+-- first hop (the last argument; "direct" without one) is in `dead`; the clock is
+-- driven by the test, never the wall clock.
+local function fake_world()
+    local w = { now = 100, dead = {}, tried = {}, latency = {} }
+    w.clock = function()
+        return w.now
+    end
+    w.forward = function(addr, ...)
+        local n = select("#", ...)
+        local hop = n > 0 and select(n, ...) or "direct"
+        w.tried[#w.tried + 1] = hop
+        w.now = w.now + (w.latency[hop] or 0)
+        if w.dead[hop] then
+            return false, "connection failed", "connect: Connection refused"
+        end
+        return true
+    end
+    return w
+end
+
+local function new_group(name, w, opts, members)
+    opts = opts or {}
+    opts.clock, opts.forward, opts.connect = w.clock, w.forward, opts.connect or w.forward
+    libruleset.groups[name] = nil
+    return lb.group(name, members or {
+        { name = "a", chain = { "socks5://a:1" } },
+        { name = "b", chain = { "socks5://b:1" } },
+        { name = "c", chain = { "socks5://c:1" } },
+    }, opts)
+end
+
+test("libruleset.failover tries the chains in order", function()
+    local w = fake_world()
+    w.dead["socks5://a:1"] = true
+    local got = {}
+    local fwd = function(addr, ...)
+        got[#got + 1] = table.concat({ addr, ... }, " ")
+        return w.forward(addr, ...)
+    end
+    same({ true, 2 }, "second chain", libruleset.failover("x:1", {
+        { "socks5://a:1" }, { "http://p:2", "socks5://b:1" }, { "socks5://c:1" } }, fwd))
+    eq(#got, 2, "stopped at the first success")
+    -- await.forward's argument order: the last is the first hop.
+    eq(got[2], "x:1 http://p:2 socks5://b:1", "chain order")
+    w.dead["direct"] = true
+    same({ nil, "connection failed" }, "all failed", libruleset.failover("x:1", { "socks5://a:1", {} }, fwd))
+    raises("chain list expected", libruleset.failover, "x:1", "socks5://a:1")
+    raises("proxy URI string expected", libruleset.failover, "x:1", { { 1 } }, fwd)
+end)
+
+test("group: a dead member is skipped after max_fails and taken back after it returns", function()
+    local w = fake_world()
+    local g = new_group("passive", w, { max_fails = 3, fail_window = 10, cooldown = 5, hysteresis = 2 })
+    for _ = 1, 3 do
+        same({ true, "a" }, "a serves", g:forward("x:1"))
+    end
+    w.dead["socks5://a:1"] = true
+    -- Every request still succeeds: a failure costs a retry on b, not an
+    -- error. Traffic leaves a at its first failure; a gets another chance
+    -- each time it has stayed the better member for the hysteresis, until
+    -- its third failure within the window takes it out.
+    local requests = 0
+    while g:state_of(g.byname.a) ~= "down" do
+        requests = requests + 1
+        check(requests < 20, "a never went out")
+        same({ true, "b" }, "request " .. requests, g:forward("x:1"))
+        w.now = w.now + 1
+    end
+    eq(g.byname.a.failures, 3, "failures")
+    check(requests > 3, "a was retried only after the hysteresis: " .. requests)
+    local before = #w.tried
+    for _ = 1, 4 do
+        same({ true, "b" }, "b serves", g:forward("x:1"))
+        w.now = w.now + 0.5
+    end
+    eq(#w.tried - before, 4, "a is not tried while out")
+    -- a comes back; after the cooldown it must stay usable for the hysteresis
+    -- before traffic moves back to it (preemption to the preferred member).
+    w.dead["socks5://a:1"] = nil
+    w.now = w.now + 5
+    eq(g:state_of(g.byname.a), "up", "after the cooldown")
+    same({ true, "b" }, "hysteresis holds traffic on b", g:forward("x:1"))
+    w.now = w.now + 2
+    same({ true, "a" }, "back on a", g:forward("x:1"))
+    eq(g.current.name, "a", "current")
+end)
+
+test("group: failures outside the window do not add up", function()
+    local w = fake_world()
+    local g = new_group("window", w, { max_fails = 2, fail_window = 10, cooldown = 30, hysteresis = 0 })
+    w.dead["socks5://a:1"] = true
+    g:forward("x:1")
+    w.now = w.now + 11
+    g:forward("x:1")
+    eq(g:state_of(g.byname.a), "up", "two failures 11s apart")
+    g:forward("x:1")
+    eq(g:state_of(g.byname.a), "down", "two within 10s")
+end)
+
+test("group: a flapping member cannot move traffic faster than the hysteresis", function()
+    local w = fake_world()
+    local H = 10
+    local g = new_group("flap", w, { max_fails = 1, fail_window = 5, cooldown = 1, hysteresis = H })
+    local moves, last_move, on = 0, nil, "a"
+    -- a is up for 3s, then down for 3s, over and over; one request a second,
+    -- then the same with a slower flap (20s up, 20s down).
+    for t = 0, 599 do
+        w.now = 1000 + t
+        local period = t < 200 and 3 or 20
+        w.dead["socks5://a:1"] = (t // period) % 2 == 1 or nil
+        local ok, who = g:forward("x:1")
+        eq(ok, true, "request at t=" .. t)
+        if who == "a" and on ~= "a" then
+            moves = moves + 1
+            check(last_move == nil or t - last_move >= H,
+                sformat("traffic moved back at t=%d, %ds after the previous move", t, t - (last_move or 0)))
+            last_move = t
+        end
+        on = who
+    end
+    check(moves >= 5, "traffic went back to a once it stayed up: " .. moves)
+    check(moves <= 600 // H + 1, "moves back: " .. moves)
+end)
+
+test("group: latency mode prefers the fastest member, after the hysteresis", function()
+    local w = fake_world()
+    local g = new_group("fast", w, { mode = "latency", hysteresis = 5, ewma = 1 })
+    w.latency["socks5://a:1"], w.latency["socks5://b:1"] = 0.2, 0.05
+    same({ true, "a" }, "unknown latencies: list order", g:forward("x:1"))
+    -- b gets measured only when traffic reaches it: force it once.
+    g:force("b")
+    same({ true, "b" }, "forced", g:forward("x:1"))
+    g:force(nil)
+    same({ true, "a" }, "hysteresis", g:forward("x:1"))
+    w.now = w.now + 5
+    same({ true, "b" }, "faster b after 5s", g:forward("x:1"))
+end)
+
+test("group: drain, weight and force (also by RPC)", function()
+    local w = fake_world()
+    local g = new_group("ops", w, { hysteresis = 0 })
+    same({ true, "a" }, "a", g:forward("x:1"))
+    eq(rpc.group_drain("ops", "a", true), true, "rpc")
+    same({ true, "b" }, "a drained", g:forward("x:1"))
+    rpc.group_weight("ops", "b", 0)
+    same({ true, "c" }, "b weighted 0", g:forward("x:1"))
+    rpc.group_force("ops", "b")
+    same({ true, "b" }, "forced wins over weight", g:forward("x:1"))
+    w.dead["socks5://b:1"] = true
+    same({ nil, "connection failed" }, "a forced member is the only one tried", g:forward("x:1"))
+    rpc.group_force("ops", nil)
+    rpc.group_drain("ops", "a", false)
+    rpc.group_weight("ops", "b", 1)
+    same({ true, "a" }, "back to normal", g:forward("x:1"))
+    local st = rpc.group_state("ops")
+    eq(st.a.state, "up", "state")
+    eq(st.a.current, true, "current")
+    eq(st.b.failures, 1, "failures")
+    raises("no failover group", rpc.group_drain, "nope", "a")
+    raises("has no member", rpc.group_drain, "ops", "zz")
+    raises("non-negative", rpc.group_weight, "ops", "a", -1)
+end)
+
+test("group: every member down still tries them all", function()
+    local w = fake_world()
+    local g = new_group("alldown", w, { max_fails = 1, cooldown = 100 })
+    for _, m in ipairs({ "a", "b", "c" }) do
+        w.dead["socks5://" .. m .. ":1"] = true
+    end
+    same({ nil, "connection failed" }, "all fail", g:forward("x:1"))
+    w.dead["socks5://c:1"] = nil
+    same({ true, "c" }, "the last resort works", g:forward("x:1"))
+end)
+
+test("group: active probes back off and bring a member back", function()
+    local w = fake_world()
+    local probes = {}
+    local connect = function(addr, ...)
+        probes[#probes + 1] = addr
+        return w.forward(addr, ...)
+    end
+    local g = new_group("probed", w, { max_fails = 1, cooldown = 1000, hysteresis = 0,
+        connect = connect, probe = { target = "probe.example:80", interval = 10, backoff = 2, max_interval = 35 } })
+    w.dead["socks5://a:1"] = true
+    g:forward("x:1")
+    eq(g:state_of(g.byname.a), "down", "out")
+    g:probe_due_members(w.now)
+    eq(probes[1], "probe.example:80", "probe target")
+    local a = g.byname.a
+    eq(a.probe_interval, 20, "backoff")
+    w.now = a.probe_due
+    g:probe_due_members(w.now)
+    eq(a.probe_interval, 35, "capped")
+    w.dead["socks5://a:1"] = nil
+    w.now = a.probe_due
+    g:probe_due_members(w.now)
+    eq(a.probe_interval, 10, "reset on success")
+    eq(g:state_of(a), "up", "a probe that connects ends the cooldown")
+    same({ true, "a" }, "a serves again", g:forward("x:1"))
+end)
+
+test("group: state in stats and metrics; a redefined group keeps it", function()
+    local w = fake_world()
+    local g = new_group("shown", w, { max_fails = 1, cooldown = 50 })
+    w.dead["socks5://a:1"] = true
+    g:forward("x:1")
+    local s = libruleset.stats(0)
+    s = s:sub(s:find("> Failover Groups", 1, true) or 1)
+    check(s:find("shown/a%s*: down"), s)
+    check(s:find("shown/b%s*: up%s+current"), s)
+    local m = libruleset.metrics()
+    check(m:find('rulesocks_group_member_up{group="shown",member="a"} 0', 1, true), m)
+    check(m:find('rulesocks_group_member_current{group="shown",member="b"} 1', 1, true), m)
+    check(m:find('rulesocks_group_member_failures_total{group="shown",member="a"} 1', 1, true), m)
+    check(m:find("# TYPE rulesocks_rule_hits_total counter", 1, true), m)
+    local g2 = lb.group("shown", { { "a", { "socks5://a:1" } }, { "b", { "socks5://b:1" } } },
+        { clock = w.clock, forward = w.forward })
+    eq(g2:state_of(g2.byname.a), "down", "kept across a reload")
+    eq(g2.current.name, "b", "current kept")
+    raises("non-empty member list", lb.group, "x", {})
+    raises("unique name", lb.group, "x", { { "a" }, { "a" } })
+    raises("unknown mode", lb.group, "x", { { "a" } }, { mode = "random" })
+end)
+
 local filter = os.getenv("TEST_FILTER")
 
 async(function()
