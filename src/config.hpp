@@ -47,6 +47,14 @@ struct Config {
   size_t max_sessions = 0;  // 0 = unlimited
   MaxStartups max_startups;
   size_t memlimit_mib = 0;
+  // --accept-proxy-protocol: every proxy listener (-l, --http, -f) reads a
+  // PROXY v1/v2 header first and takes the client address from it.
+  bool accept_proxy_protocol = false;
+  // --send-proxy-protocol v1|v2: 0 none, else the version sent first on
+  // every connection dialed for a client (direct and -f; not through -x hops).
+  int send_proxy_protocol = 0;
+  // --log: stdout, stderr, syslog or discard; empty: stderr, or syslog with -d.
+  std::string log_output;
   // --block-outbound: the net::AddrClass bits no dial may reach.
   unsigned block_outbound = net::class_bit(net::AddrClass::kMulticast);
 };

@@ -1,4 +1,5 @@
 // rulesocks: start-up, signals and wiring. Everything runs on one libev loop.
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -38,12 +39,27 @@ void drop_privileges(const std::string& spec) {
     throw std::runtime_error(std::string("setuid: ") + std::strerror(errno));
 }
 
+// --log, or stderr (syslog with -d); syslog falls back to stderr, with a
+// warning, when no syslog daemon listens: its lines would vanish.
+rs::log::Output choose_log_output(const rs::Config& cfg) {
+  using rs::log::Output;
+  Output out = cfg.daemonize ? Output::kSyslog : Output::kStderr;
+  if (!cfg.log_output.empty()) out = rs::log::parse_output(cfg.log_output).value_or(out);
+  if (out == Output::kSyslog && !rs::log::syslog_available()) {
+    rs::log::warning("syslog is absent (nothing listens on /dev/log): logging to stderr");
+    out = Output::kStderr;
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   rs::Config cfg;
   if (auto code = rs::parse_command_line(argc, argv, cfg)) return *code;
   rs::log::threshold = cfg.loglevel;
+  const auto output = choose_log_output(cfg);
+  rs::log::set_output(output);
   signal(SIGPIPE, SIG_IGN);
 
   rs::ev::Loop* loop = ev_default_loop(EVFLAG_AUTO);
@@ -73,9 +89,18 @@ int main(int argc, char** argv) {
     running = &server;
     if (!cfg.user.empty()) drop_privileges(cfg.user);
     if (cfg.daemonize) {
-      if (daemon(0, 0) != 0)
+      // Logging to stdout or stderr keeps them (stdin still goes to /dev/null).
+      const bool keep_stdio =
+          output == rs::log::Output::kStdout || output == rs::log::Output::kStderr;
+      if (daemon(0, keep_stdio ? 1 : 0) != 0)
         throw std::runtime_error(std::string("daemon: ") + std::strerror(errno));
-      rs::log::use_syslog("rulesocks");
+      if (keep_stdio) {
+        const int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null >= 0) {
+          dup2(null, STDIN_FILENO);
+          close(null);
+        }
+      }
       ev_loop_fork(loop);
     }
     rs::log::notice("rulesocks {} started", RULESOCKS_VERSION);

@@ -272,7 +272,7 @@ void HttpProxy::route() {
     return;
   }
   phase_ = Phase::kRouting;
-  routing_ = engine->route(routing_request(request_),
+  routing_ = engine->route(routing_request(request_, peer_),
                            [this](std::optional<ruleset::Decision> d, std::string why) {
                              on_routed(std::move(d), why);
                            });

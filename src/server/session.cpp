@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "core/log.hpp"
+#include "proto/proxy_protocol.hpp"
 #include "ruleset/engine.hpp"
 #include "server/routing.hpp"
 #include "server/server.hpp"
@@ -35,6 +36,12 @@ namespace rs::server {
 namespace {
 constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
 constexpr double kLinger = 2.0;              // seconds to let a client read an error reply
+
+// A PROXY header's numeric address (never a name).
+net::SockAddr to_sockaddr(const proto::Address& a) {
+  if (a.is_ipv4()) return net::SockAddr::from(std::get<proto::Ipv4>(a.host), a.port);
+  return net::SockAddr::from(std::get<proto::Ipv6>(a.host), a.port);
+}
 }  // namespace
 
 Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind)
@@ -42,6 +49,7 @@ Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, Listene
       client_(std::move(fd)),
       peer_(peer),
       kind_(kind),
+      want_proxy_header_(server.config().accept_proxy_protocol),
       io_(server.loop(), [this](int) { on_readable(); }),
       timer_(server.loop(), [this](int) { on_timeout(); }) {
   auto& st = server_.stats();
@@ -57,6 +65,17 @@ Session::~Session() {
 void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   self_ = self;
   timer_.start(server_.config().timeout);
+  if (want_proxy_header_) {
+    // The header comes first, within -t like any handshake; nothing else is
+    // read (or, for -f, dialed) before it.
+    io_.set(client_.get(), EV_READ);
+    io_.start();
+    return;
+  }
+  begin();
+}
+
+void Session::begin() {
   if (kind_ == ListenerKind::kForward) {
     // Port forwarding has no handshake: the request is the forward target.
     request_.target = *server_.forward_target();
@@ -71,6 +90,28 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   if (kind_ == ListenerKind::kHttp) frontend_ = make_http_frontend(server_.frontend_options());
   io_.set(client_.get(), EV_READ);
   io_.start();
+}
+
+bool Session::take_proxy_header() {
+  auto r = proto::parse_proxy_header({reinterpret_cast<const uint8_t*>(in_.data()), in_.size()});
+  if (r.need_more()) return false;  // the codec bounds the header's length
+  if (r.failed()) {
+    // Only this connection: no reply, since the peer is a load balancer or
+    // someone who should not be talking to this port.
+    ++server_.stats().bad_requests;
+    log::info("{}: {}", peer_, r.error);
+    close();
+    return false;
+  }
+  want_proxy_header_ = false;
+  in_.erase(0, r.consumed);
+  if (r.value.source) {
+    log::debug("{}: PROXY v{} header: client {}", peer_, r.value.version, *r.value.source);
+    peer_ = to_sockaddr(*r.value.source);
+    proxied_destination_ = r.value.destination;
+  }
+  begin();
+  return true;
 }
 
 TargetLog Session::target() const {
@@ -96,6 +137,8 @@ void Session::on_readable() {
   }
   if (state_ == State::kLingering) return;  // discard: we only wait for EOF
   in_.append(buf, static_cast<size_t>(n));
+  if (want_proxy_header_ && (!take_proxy_header() || in_.empty() || state_ != State::kHandshake))
+    return;
   if (state_ != State::kHandshake) {
     // Early data sent before our reply: keep it for the upstream, bounded.
     if (in_.size() >= kMaxHandshake) io_.stop();
@@ -167,7 +210,7 @@ void Session::route() {
     return;
   }
   state_ = State::kRouting;
-  ruleset::Request req = routing_request(request_);
+  ruleset::Request req = routing_request(request_, peer_);
   routing_ =
       engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {
         on_routed(std::move(d), why);
@@ -208,6 +251,11 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
   if (err != net::DialError::kOk) {
     ++server_.stats().dial_failed;
     reject(err, msg);
+    return;
+  }
+  if (!send_proxy_header(upstream.get())) {
+    ++server_.stats().dial_failed;
+    reject(net::DialError::kGeneral, "cannot send the PROXY header to the target");
     return;
   }
   if (frontend_ && !send_all(frontend_->reply(net::DialError::kOk))) {
@@ -253,6 +301,21 @@ void Session::fail(std::string reply, const std::string& why) {
   io_.set(client_.get(), EV_READ);
   io_.start();
   timer_.start(kLinger);
+}
+
+bool Session::send_proxy_header(int upstream) {
+  const int version = server_.config().send_proxy_protocol;
+  if (version == 0) return true;
+  // The client and the address it connected to: this listener's, unless a
+  // PROXY header in front of us named another.
+  const proto::Address src = peer_.to_address();
+  const proto::Address dst =
+      proxied_destination_ ? *proxied_destination_ : net::local_of(client_.get()).to_address();
+  const std::string header =
+      version == 1 ? proto::proxy_header_v1(src, dst) : proto::proxy_header_v2(src, dst);
+  // Nothing was written on the new connection yet: its send buffer has room.
+  return ::send(upstream, header.data(), header.size(), MSG_NOSIGNAL) ==
+         static_cast<ssize_t>(header.size());
 }
 
 bool Session::send_all(std::string_view bytes) {
