@@ -5,13 +5,18 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "config.hpp"
+#include "config_file.hpp"
 #include "core/log.hpp"
 #include "core/loop.hpp"
 #include "server/server.hpp"
@@ -52,6 +57,59 @@ rs::log::Output choose_log_output(const rs::Config& cfg) {
   return out;
 }
 
+// The fields of a config file that SIGHUP applies to the running server: they
+// are read where they are used, not copied at start-up. (The ruleset, too, is
+// reloaded, by the caller.)
+constexpr std::string_view kLiveFields[] = {"loglevel", "max_sessions", "startup_limit_start",
+                                            "startup_limit_rate", "startup_limit_full"};
+
+// Lines "    name = value," of --dump-config, by name.
+std::map<std::string, std::string> dumped_fields(const rs::Config& c) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(rs::dump_config(c));
+  for (std::string line; std::getline(in, line);) {
+    auto eq = line.find(" = ");
+    if (line.starts_with("    ") && eq != std::string::npos)
+      out[line.substr(4, eq - 4)] = line.substr(eq + 3);
+  }
+  return out;
+}
+
+// SIGHUP with -c: parses the command line (and so the file) again. A file
+// that no longer loads changes nothing; otherwise the live fields take their
+// new values and the others, when changed, are logged as needing a restart.
+// False when the ruleset should not be reloaded either.
+bool reload_config(int argc, char** argv, rs::Config& cfg) {
+  rs::Config fresh;
+  std::string err;
+  if (rs::parse_command_line(argc, argv, fresh, &err)) {
+    rs::log::error("SIGHUP: config {} not reloaded, the running one stays: {}", cfg.config_file,
+                   err.empty() ? "bad command line" : err);
+    return false;
+  }
+  const auto before = dumped_fields(cfg), after = dumped_fields(fresh);
+  std::string restart;
+  for (const auto& [name, value] : after) {
+    if (before.at(name) == value) continue;
+    if (std::find(std::begin(kLiveFields), std::end(kLiveFields), name) == std::end(kLiveFields)) {
+      restart += (restart.empty() ? "" : ", ") + name;
+      continue;
+    }
+    rs::log::notice("SIGHUP: {} = {}", name, value.substr(0, value.size() - 1));
+  }
+  cfg.loglevel = fresh.loglevel;
+  rs::log::threshold = cfg.loglevel;
+  cfg.max_sessions = fresh.max_sessions;
+  cfg.max_startups = fresh.max_startups;
+  cfg.ruleset_chunk = std::move(fresh.ruleset_chunk);
+  cfg.config_ruleset = fresh.config_ruleset;
+  if (!restart.empty())
+    rs::log::warning("SIGHUP: {} changed in {}: takes effect at the next start", restart,
+                     cfg.config_file);
+  rs::log::notice("SIGHUP: config {} reloaded", cfg.config_file);
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -78,6 +136,7 @@ int main(int argc, char** argv) {
   // is only logged, never the default action that ends the process.
   rs::ev::Signal sighup(loop, SIGHUP, [&](int) {
     if (running) {
+      if (!cfg.config_file.empty() && !reload_config(argc, argv, cfg)) return;
       running->reload_ruleset();
     } else {
       rs::log::warning("SIGHUP ignored: still starting");

@@ -13,12 +13,11 @@ import os
 import socket
 import struct
 import tempfile
-import threading
 import unittest
 
 from harness import (
-    LOOP4, IntegrationCase, Peer, blob, connect, free_port, read_http_response, recv_exact,
-    socks5_handshake, wait_closed, wait_until,
+    LOOP4, IntegrationCase, Peer, TcpServer, blob, connect, free_port, read_http_response,
+    recv_exact, socks5_handshake, wait_closed, wait_until,
 )
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -54,24 +53,17 @@ def v2(src, sport, dst="127.0.0.1", dport=1080):
     return SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
 
 
-class EchoServer:
+class EchoServer(TcpServer):
     """Echoes what it reads and records the first bytes of every connection."""
 
     def __init__(self):
-        self.sock = socket.create_server((LOOP4, 0))
-        self.port = self.sock.getsockname()[1]
+        super().__init__()
         self.firsts = []
-        threading.Thread(target=self._run, daemon=True).start()
 
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+    def on_accept(self, conn):
+        self.serve_in_thread(conn)
 
-    def _serve(self, c):
+    def serve(self, c):
         c.settimeout(10)
         first = True
         with c:
@@ -87,15 +79,12 @@ class EchoServer:
                     first = False
                 c.sendall(d)
 
-    def stop(self):
-        self.sock.close()
-
 
 class Base(IntegrationCase):
     @classmethod
     def setUpClass(cls):
-        cls.echo = EchoServer()
-        cls.addClassCleanup(cls.echo.stop)
+        cls.echo = EchoServer().start()
+        cls.addClassCleanup(cls.echo.close)
 
     def ruleset(self, allowed):
         path = write_ruleset(allowed)
