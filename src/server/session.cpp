@@ -76,6 +76,14 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
 }
 
 void Session::begin() {
+  if (kind_ == ListenerKind::kTransparent) {
+    // --tproxy: the connection was sent to its target; the kernel redirected
+    // it here keeping that address as ours. Literal, so route / route6 ask.
+    request_.target = net::local_of(client_.get()).to_address();
+    ++server_.stats().requests;
+    route();
+    return;
+  }
   if (kind_ == ListenerKind::kForward) {
     // Port forwarding has no handshake: the request is the forward target.
     request_.target = *server_.forward_target();
@@ -112,6 +120,11 @@ bool Session::take_proxy_header() {
   }
   begin();
   return true;
+}
+
+const char* Session::protocol() const {
+  if (frontend_) return frontend_->name();
+  return kind_ == ListenerKind::kTransparent ? "tproxy" : "forward";
 }
 
 TargetLog Session::target() const {
@@ -263,7 +276,7 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
     return;
   }
   ++server_.stats().success;
-  log::info("{}: {} -> {}", peer_, frontend_ ? frontend_->name() : "forward", target());
+  log::info("{}: {} -> {}", peer_, protocol(), target());
   leave_halfopen();
   timer_.stop();
   io_.stop();
@@ -283,7 +296,7 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
 
 void Session::reject(net::DialError err, const std::string& why) {
   if (err == net::DialError::kNotAllowed) ++server_.stats().rejected;
-  log::info("{}: {} {}: {}", peer_, frontend_ ? frontend_->name() : "forward", target(), why);
+  log::info("{}: {} {}: {}", peer_, protocol(), target(), why);
   fail(frontend_ ? frontend_->reply(err) : std::string(), why);
 }
 

@@ -63,7 +63,8 @@ class Session {
   bool send_proxy_header(int upstream);
   void leave_halfopen();
   void teardown();
-  TargetLog target() const;  // for log lines
+  TargetLog target() const;      // for log lines
+  const char* protocol() const;  // "socks5", "http", "forward", "tproxy": for log lines
 
   Server& server_;
   UniqueFd client_;
