@@ -178,8 +178,7 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
   app.add_flag("--traceback", c.traceback, "log Lua tracebacks of ruleset errors");
   app.add_option("--log", c.log_output,
                  "where log lines go: stdout, stderr, syslog (-d's default) or discard")
-      ->type_name("OUTPUT")
-      ->check(CLI::IsMember({"stdout", "stderr", "syslog", "discard"}));
+      ->type_name("OUTPUT");
   app.add_flag("--accept-proxy-protocol", c.accept_proxy_protocol,
                "every proxy listener expects a PROXY protocol v1 or v2 header (HAProxy "
                "send-proxy / send-proxy-v2) and takes the client address from it");
@@ -187,8 +186,7 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
   app.add_option("--send-proxy-protocol", send_proxy,
                  "send a PROXY protocol header naming the client before anything else on each "
                  "direct (or -f) connection to a target")
-      ->type_name("v1|v2")
-      ->check(CLI::IsMember({"v1", "v2"}));
+      ->type_name("v1|v2");
   app.add_option("--tcp-sndbuf", c.tcp_sndbuf, "SO_SNDBUF of proxied sockets (0: system default)")
       ->type_name("BYTES");
   app.add_option("--tcp-rcvbuf", c.tcp_rcvbuf, "SO_RCVBUF of proxied sockets (0: system default)")
@@ -217,7 +215,21 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
     c.config_ruleset = false;
     c.ruleset_chunk.clear();
   }
-  if (!send_proxy.empty()) c.send_proxy_protocol = send_proxy == "v1" ? 1 : 2;
+  // Checked here rather than by CLI11, whose set would show in --help.
+  if (!send_proxy.empty()) {
+    if (send_proxy != "v1" && send_proxy != "v2") {
+      std::fprintf(stderr, "--send-proxy-protocol: expected v1 or v2, got \"%s\"\n",
+                   send_proxy.c_str());
+      return 2;
+    }
+    c.send_proxy_protocol = send_proxy == "v1" ? 1 : 2;
+  }
+  if (!c.log_output.empty() && c.log_output != "stdout" && c.log_output != "stderr" &&
+      c.log_output != "syslog" && c.log_output != "discard") {
+    std::fprintf(stderr, "--log: expected stdout, stderr, syslog or discard, got \"%s\"\n",
+                 c.log_output.c_str());
+    return 2;
+  }
   // A bare --http comes out of CLI11 as an empty entry: it means "every -l".
   if (std::erase(c.http_listen, std::string()) > 0) c.http_all = true;
   if (!max_startups.empty()) {

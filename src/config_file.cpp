@@ -21,7 +21,7 @@ namespace {
 
 // One field's value, copied out of Lua before anything else looks at it.
 struct Value {
-  enum Type { kString, kList, kInteger, kNumber, kBoolean, kTable } type = kString;
+  enum Type { kString, kList, kInteger, kNumber, kBoolean } type = kString;
   std::string s;
   std::vector<std::string> list;
   int64_t i = 0;
@@ -39,8 +39,6 @@ struct Value {
         return "a number";
       case kBoolean:
         return "a boolean";
-      case kTable:
-        return "a table";
     }
     return "?";
   }
@@ -308,11 +306,11 @@ struct LuaClose {
   void operator()(lua_State* L) const { lua_close(L); }
 };
 
-// Copies the table at the top of the stack into `out`. Only raw accesses
-// (no metamethod runs) on values whose type was checked, none of which can
-// raise a Lua error but for lack of memory (then the state's panic aborts).
-std::optional<std::string> read_table(lua_State* L, std::map<std::string, Value>& out,
-                                      bool* ruleset_table) {
+// Copies the table at the top of the stack (the options pass's reply: plain
+// data) into `out`. Only raw accesses on values whose type was checked, none
+// of which can raise a Lua error but for lack of memory (then the state's
+// panic aborts, at start-up or on SIGHUP).
+std::optional<std::string> read_table(lua_State* L, std::map<std::string, Value>& out) {
   const int t = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
@@ -344,10 +342,6 @@ std::optional<std::string> read_table(lua_State* L, std::map<std::string, Value>
         v.b = lua_toboolean(L, -1) != 0;
         break;
       case LUA_TTABLE:
-        if (key == "ruleset") {
-          v.type = Value::kTable;
-          break;
-        }
         v.type = Value::kList;
         for (lua_Integer i = 1;; ++i) {
           const int ty = lua_rawgeti(L, -1, i);
@@ -369,10 +363,6 @@ std::optional<std::string> read_table(lua_State* L, std::map<std::string, Value>
         return fmt::format("field `{}' has the wrong type", key);
     }
     lua_pop(L, 1);
-    if (v.type == Value::kTable) {
-      *ruleset_table = true;
-      continue;
-    }
     out.emplace(std::move(key), std::move(v));
   }
   return std::nullopt;
@@ -499,8 +489,7 @@ std::optional<std::string> load_config_file(const std::string& path,
   lua_settop(L, 2);
   if (!lua_istable(L, 2)) return fmt::format("-c {}: unreadable options", path);
   std::map<std::string, Value> values;
-  bool unused = false;
-  if (auto e = read_table(L, values, &unused)) return fmt::format("-c {}: {}", path, *e);
+  if (auto e = read_table(L, values)) return fmt::format("-c {}: {}", path, *e);
   auto ruleset = values.find("ruleset");
   if (ruleset_table && ruleset != values.end())
     return fmt::format("-c {}: field `ruleset' names a file but _G.ruleset is a table too", path);

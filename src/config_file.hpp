@@ -5,10 +5,10 @@
 // _G.ruleset) may be a table: the ruleset to install; a string is a ruleset
 // file, as -r. The file may be gzip-compressed.
 //
-// The chunk runs twice: here, in a plain Lua state of its own, for the
-// options (the ruleset VM does not exist before the options are known); and,
-// when it carries a ruleset table, once more in the ruleset VM
-// (ruleset_chunk()), whose ruleset is then the table it returns.
+// The chunk runs twice: first in a ruleset VM of its own (on a loop of its
+// own), for the options, since the server's VM is made from them; then,
+// when it carries a ruleset table, in the server's ruleset VM
+// (ruleset_chunk()), whose ruleset is the table it returns.
 #pragma once
 
 #include <optional>

@@ -10,7 +10,6 @@
 
 import gzip
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -18,7 +17,7 @@ import unittest
 
 from harness import (
     BIN, HERE, LOOP4, DuplexServer, IntegrationCase, Proxy, connect, curl, duplex_exchange,
-    free_port, socks5_handshake, wait_until,
+    free_port, hup_and_wait, socks5_handshake,
 )
 
 EXAMPLE = os.path.join(HERE, "..", "..", "contrib", "config.lua")
@@ -185,12 +184,6 @@ def config_text(open_host, max_sessions=0, timeout=60):
 class SighupConfig(ConfigCase):
     CLIENTS = 50
 
-    def hup_and_wait(self, proxy, needle):
-        count = proxy.log_text().count(needle)
-        os.kill(proxy.pid, signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: proxy.log_text().count(needle) > count, 10),
-                        proxy.log_tail())
-
     def test_reload_under_load(self):
         duplex = DuplexServer().start()
         self.addCleanup(duplex.close)
@@ -224,7 +217,7 @@ class SighupConfig(ConfigCase):
         half.wait()
         self.write("c.lua", config_text("b.test", max_sessions=500, timeout=30))
         resume.set()
-        self.hup_and_wait(p, "config " + path + " reloaded")
+        hup_and_wait(self, p, "config " + path + " reloaded")
         for t in threads:
             t.join(180)
         self.assertEqual(errors, [])
@@ -245,7 +238,7 @@ class SighupConfig(ConfigCase):
         path = self.write("c.lua", config_text("a.test"))
         p = self.start_with_config(path, "--", f"{LOOP4}:{port}", extra_ports=(port,))
         self.write("c.lua", 'return { listen = "127.0.0.1:1", bogus = true }')
-        self.hup_and_wait(p, "not reloaded")
+        hup_and_wait(self, p, "not reloaded")
         self.assertIn("unknown field `bogus'", p.log_text())
         rc, _, err = curl("--socks5-hostname", f"{LOOP4}:{port}",
                           f"http://a.test:{origin.port}/hello")

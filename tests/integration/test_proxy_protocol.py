@@ -16,7 +16,7 @@ import tempfile
 import unittest
 
 from harness import (
-    LOOP4, IntegrationCase, Peer, TcpServer, blob, connect, free_port, read_http_response,
+    LOOP4, EchoServer, IntegrationCase, Peer, blob, connect, free_port, read_http_response,
     recv_exact, socks5_handshake, wait_closed, wait_until,
 )
 
@@ -51,33 +51,6 @@ def v1(src, sport, dst="127.0.0.1", dport=1080):
 def v2(src, sport, dst="127.0.0.1", dport=1080):
     body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
     return SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
-
-
-class EchoServer(TcpServer):
-    """Echoes what it reads and records the first bytes of every connection."""
-
-    def __init__(self):
-        super().__init__()
-        self.firsts = []
-
-    def on_accept(self, conn):
-        self.serve_in_thread(conn)
-
-    def serve(self, c):
-        c.settimeout(10)
-        first = True
-        with c:
-            while True:
-                try:
-                    d = c.recv(65536)
-                except OSError:
-                    return
-                if not d:
-                    return
-                if first:
-                    self.firsts.append(d)
-                    first = False
-                c.sendall(d)
 
 
 class Base(IntegrationCase):

@@ -13,8 +13,8 @@ import tempfile
 import unittest
 
 from harness import (
-    BIN, LOOP4, IntegrationCase, connect, curl, free_port, listening_inodes, pids_holding,
-    proc_gone, read_http_response, socks4_request, socks5_handshake, wait_until,
+    BIN, LOOP4, IntegrationCase, connect, curl, free_port, hup_and_wait, listening_inodes,
+    pids_holding, proc_gone, read_http_response, socks4_request, socks5_handshake, wait_until,
 )
 from test_ruleset import rpc_string
 
@@ -55,18 +55,12 @@ class SighupReload(IntegrationCase):
         return curl("--socks5-hostname", f"{LOOP4}:{proxy.port}",
                     f"http://{host}:{self.origin.port}/hello", timeout=10)
 
-    def hup_and_wait(self, proxy, needle):
-        count = proxy.log_text().count(needle)
-        os.kill(proxy.pid, signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: proxy.log_text().count(needle) > count, 5),
-                        proxy.log_tail())
-
     def test_edited_ruleset_applies_after_sighup(self):
         proxy = self.start_proxy("-r", self.path)
         self.assertEqual(self.get(proxy, "a.test")[0], 0)
         self.assertNotEqual(self.get(proxy, "b.test")[0], 0)
         self.write(ruleset_text("b.test"))
-        self.hup_and_wait(proxy, "ruleset reloaded")
+        hup_and_wait(self, proxy, "ruleset reloaded")
         self.assertTrue(proxy.alive)
         rc, out, err = self.get(proxy, "b.test")
         self.assertEqual(rc, 0, err)
@@ -75,12 +69,12 @@ class SighupReload(IntegrationCase):
     def test_broken_file_keeps_the_running_ruleset(self):
         proxy = self.start_proxy("-r", self.path)
         self.write("this is not lua (")
-        self.hup_and_wait(proxy, "not reloaded")
+        hup_and_wait(self, proxy, "not reloaded")
         self.assertIn(self.path, proxy.log_text())
         self.assertTrue(proxy.alive)
         self.assertEqual(self.get(proxy, "a.test")[0], 0)
         os.unlink(self.path)
-        self.hup_and_wait(proxy, "not reloaded")
+        hup_and_wait(self, proxy, "not reloaded")
         self.assertEqual(self.get(proxy, "a.test")[0], 0)
 
     def test_open_relay_survives_the_reload(self):
@@ -92,7 +86,7 @@ class SighupReload(IntegrationCase):
             s.sendall(req)
             self.assertIn(" 200 ", read_http_response(s)[0])
             self.write(ruleset_text("b.test"))
-            self.hup_and_wait(proxy, "ruleset reloaded")
+            hup_and_wait(self, proxy, "ruleset reloaded")
             s.sendall(req)
             self.assertIn(" 200 ", read_http_response(s)[0])
 
@@ -134,7 +128,7 @@ class SighupReload(IntegrationCase):
 
     def test_sighup_without_ruleset_is_ignored(self):
         proxy = self.start_proxy()
-        self.hup_and_wait(proxy, "SIGHUP ignored")
+        hup_and_wait(self, proxy, "SIGHUP ignored")
         self.assertTrue(proxy.alive)
         rc, out, err = curl("--socks5", f"{LOOP4}:{proxy.port}", self.origin.url("/hello"),
                             timeout=10)

@@ -21,7 +21,7 @@ import tempfile
 import time
 import unittest
 
-from harness import BIN, LOOP4, IntegrationCase, TcpServer, listening_inodes, recv_exact
+from harness import BIN, LOOP4, EchoServer, IntegrationCase, listening_inodes, recv_exact
 
 SKIP = 77  # exit code of the inside part: the machine refused; stdout says why
 TARGET = "198.51.100.1"  # TEST-NET-2: not routed anywhere, redirected here
@@ -54,20 +54,6 @@ return ruleset
 """
 
 
-class Echo(TcpServer):
-    def on_accept(self, conn):
-        self.serve_in_thread(conn)
-
-    def serve(self, conn):
-        with conn:
-            conn.settimeout(10)
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
-
-
 def skip(why):
     print(f"SKIP: {why}", flush=True)
     sys.exit(SKIP)
@@ -90,7 +76,7 @@ def inside(binary):
     port = s.getsockname()[1]
     s.close()
     sh("nft", "-f", "-", stdin=NFT.replace("@PORT@", str(port)))
-    echo = Echo().start()
+    echo = EchoServer().start()
     tmp = tempfile.mkdtemp(prefix="tproxy-")
     rules = os.path.join(tmp, "ruleset.lua")
     with open(rules, "w") as f:
