@@ -265,7 +265,7 @@ struct Options {
   bool conns_given = false;
   double duration = 3;
   bool duration_given = false;
-  uint64_t count = 0;  // -n: bulk bytes or idle sessions
+  uint64_t count = 0;  // -n: bulk bytes, idle sessions, or rate transactions (then no -d)
   std::string dir = "down";
   int pid = 0;
   int request = 64;     // bytes a rate transaction sends
@@ -282,7 +282,7 @@ void usage() {
       "usage:\n"
       "  rs-loadgen origin --listen ADDR:PORT --mode reply:N|http:N|source|sink [--request B]\n"
       "             [--lifetime S]\n"
-      "  rs-loadgen rate --proxy H:P --proto PROTO --target H:P -c CONNS -d SECONDS [--pid PID]\n"
+      "  rs-loadgen rate --proxy H:P --proto PROTO --target H:P -c CONNS -d SECONDS|-n TX [--pid PID]\n"
       "             [--warmup S] [--request B] [--reply B] [--timeout S]\n"
       "  rs-loadgen bulk --proxy H:P --proto PROTO --target H:P --dir up|down -n BYTES [-d "
       "SECONDS]\n"
@@ -730,6 +730,7 @@ class Runner {
   std::string first_error_;
   Latencies lat_hs_, lat_tx_;
   int64_t deadline_ = 0;      // rate: stop starting transactions after this
+  uint64_t started_ = 0;      // rate: transactions started (-n stops at that many)
   bool measuring_ = true;     // false during the rate warm-up
   uint64_t bytes_ = 0;        // bulk payload moved
   int64_t bulk_ns_ = 0;       // bulk: sum over streams of handshake -> end
@@ -1153,10 +1154,15 @@ int Runner::run_rate() {
   // Warm-up: the same load, then every counter starts from zero.
   const int64_t measure_from = t_start + static_cast<int64_t>(std::max(0.0, o_.warmup) * 1e9);
   measuring_ = measure_from == t_start;
-  deadline_ = measure_from + static_cast<int64_t>(o_.duration * 1e9);
+  // -n alone: as long as the transactions take (up to an hour).
+  const bool by_count = o_.count > 0 && !o_.duration_given;
+  deadline_ = measure_from + static_cast<int64_t>((by_count ? 3600.0 : o_.duration) * 1e9);
   const int64_t grace_end = deadline_ + static_cast<int64_t>((o_.timeout + 1) * 1e9);
   int64_t last_timeout_check = t_start;
-  for (size_t i = 0; i < clients_.size(); ++i) start(clients_[i], i);
+  for (size_t i = 0; i < clients_.size() && (o_.count == 0 || started_ < o_.count); ++i) {
+    start(clients_[i], i);
+    ++started_;
+  }
   for (;;) {
     int64_t now = now_ns();
     if (!measuring_ && now >= measure_from) {
@@ -1165,12 +1171,16 @@ int Runner::run_rate() {
       first_error_.clear();
       cpu.restart();
     }
-    bool before_deadline = now < deadline_ && !g_stop;
+    bool before_deadline = now < deadline_ && !g_stop && (o_.count == 0 || started_ < o_.count);
     // Give up early if nothing ever works (e.g. the proxy is not there).
     if (ok_ == 0 && errors_ >= 1000) before_deadline = false;
     size_t busy = 0;
     for (size_t i = 0; i < clients_.size(); ++i) {
-      if (clients_[i].phase == Client::Phase::kFree && before_deadline) start(clients_[i], i);
+      if (clients_[i].phase == Client::Phase::kFree && before_deadline &&
+          (o_.count == 0 || started_ < o_.count)) {
+        start(clients_[i], i);
+        ++started_;
+      }
       if (clients_[i].phase != Client::Phase::kFree) ++busy;
     }
     if (busy == 0 && !before_deadline) break;
@@ -1184,7 +1194,7 @@ int Runner::run_rate() {
   double cpu_s = cpu.used();
   for (Client& c : clients_)
     if (c.phase != Client::Phase::kFree) fail(c, "unfinished at the end of the run");
-  double secs = o_.duration;
+  double secs = by_count ? static_cast<double>(now_ns() - measure_from) / 1e9 : o_.duration;
   double rate = static_cast<double>(ok_in_window_) / secs;
   std::string human = strf(
       "rate %s c=%d d=%.1fs: %.0f tx/s (%llu tx, %llu errors), handshake p50/p90/p99 "
@@ -1229,7 +1239,10 @@ int Runner::run_bulk() {
   const double cap = o_.duration_given ? o_.duration : 120;
   const int64_t hard_end = t_start + static_cast<int64_t>((cap + 2 * o_.timeout + 1) * 1e9);
   int64_t last_timeout_check = t_start;
-  for (size_t i = 0; i < clients_.size(); ++i) start(clients_[i], i);
+  for (size_t i = 0; i < clients_.size() && (o_.count == 0 || started_ < o_.count); ++i) {
+    start(clients_[i], i);
+    ++started_;
+  }
   for (;;) {
     int64_t now = now_ns();
     size_t busy = 0;

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="build-essential cmake pkg-config libev-dev liblua5.4-dev lua5.4 libc-ares-dev \
 zlib1g-dev libssl-dev libpcre2-dev libfmt-dev libcli11-dev libgtest-dev curl python3"
-TEST_PACKAGES="microsocks dante-server tinyproxy wget python3-requests chromium slowhttptest prometheus haproxy nftables"
+TEST_PACKAGES="microsocks dante-server tinyproxy wget python3-requests chromium slowhttptest prometheus \
+dpkg-dev file systemd man-db haproxy nftables"
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 install_missing() {
@@ -56,7 +57,7 @@ case "${1:-}" in
     build-posix/tests/ruleset_test --gtest_brief=1 --gtest_filter='RegexTest.*:Scripts/LuaScriptTest.*'
     # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
     build build-asan -DRULESOCKS_WERROR=ON -DRULESOCKS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan -j "$JOBS" --output-on-failure --timeout 600
     ;;
   *)

@@ -19,6 +19,7 @@
 #include "config_file.hpp"
 #include "core/log.hpp"
 #include "core/loop.hpp"
+#include "core/sd_notify.hpp"
 #include "server/server.hpp"
 #include "version.hpp"
 
@@ -126,6 +127,7 @@ int main(int argc, char** argv) {
   rs::server::Server* running = nullptr;
   auto stop = [&](int) {
     rs::log::notice("shutting down");
+    rs::sd::notify("STOPPING=1");
     if (running) running->shutdown();
     ev_break(loop, EVBREAK_ALL);
   };
@@ -136,8 +138,12 @@ int main(int argc, char** argv) {
   // is only logged, never the default action that ends the process.
   rs::ev::Signal sighup(loop, SIGHUP, [&](int) {
     if (running) {
-      if (!cfg.config_file.empty() && !reload_config(argc, argv, cfg)) return;
-      running->reload_ruleset();
+      // systemd (Type=notify) shows the unit "reloading" until READY=1 again.
+      rs::sd::notify(rs::sd::reloading_state());
+      // With -c the file is read again first; one that no longer loads keeps
+      // everything, the ruleset included.
+      if (cfg.config_file.empty() || reload_config(argc, argv, cfg)) running->reload_ruleset();
+      rs::sd::notify("READY=1");
     } else {
       rs::log::warning("SIGHUP ignored: still starting");
     }
@@ -163,6 +169,9 @@ int main(int argc, char** argv) {
       ev_loop_fork(loop);
     }
     rs::log::notice("rulesocks {} started", RULESOCKS_VERSION);
+    // Every listener is bound (the Server constructor) and privileges are
+    // dropped: systemd (Type=notify) may now start the units ordered after us.
+    rs::sd::notify("READY=1");
     ev_run(loop, 0);
     running = nullptr;
   } catch (const std::exception& e) {

@@ -14,6 +14,20 @@
 #include "version.hpp"
 
 namespace rs::server {
+namespace {
+
+// share/rulesocks/lua beside the running binary's bin/: a package built from
+// a tree configured for /usr/local and installed to /usr (CPack) still finds
+// its library. Empty when /proc/self/exe cannot be read.
+std::string lua_dir_beside_binary() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  return (exe.parent_path() / RULESOCKS_LUA_DIR_FROM_BIN).lexically_normal().string();
+}
+
+}  // namespace
+
 Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen) : server_(server) {
   const Config& cfg = server.config();
   last_.time = server.start_time();
@@ -22,8 +36,11 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     opts.memlimit_bytes = cfg.memlimit_mib << 20;
     opts.traceback = cfg.traceback;
     // Modules next to the ruleset come first (load_file adds that), then the
-    // installed library, then the source tree's (running from a build dir).
+    // installed library (where the binary is, then where it was configured
+    // for), then the source tree's (running from a build dir).
     opts.lua_path_dirs = {RULESOCKS_LUA_DIR, RULESOCKS_SOURCE_LUA_DIR};
+    if (auto dir = lua_dir_beside_binary(); !dir.empty() && dir != RULESOCKS_LUA_DIR)
+      opts.lua_path_dirs.insert(opts.lua_path_dirs.begin(), dir);
     opts.resolve_family = resolve_family(cfg);
     engine_ = std::make_unique<ruleset::Engine>(server.loop(), &server.resolver(), this, opts);
     std::string err;

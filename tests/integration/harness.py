@@ -227,9 +227,15 @@ class Service:
 
     def start(self):
         self.check_binary()
+        env = None
+        if SANITIZED and self.nofile:
+            # Out of fds, UBSan's vptr check misreports (see CMakeLists.txt): keep going, and
+            # let sanitizer_reports() tell its false report from real ones.
+            env = dict(os.environ)
+            env["UBSAN_OPTIONS"] = env.get("UBSAN_OPTIONS", "") + ":halt_on_error=0"
         with self.open_log() as log:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdout=log, stderr=subprocess.STDOUT, env=env,
                                          preexec_fn=self._limits if self.nofile else None)
         Service.live.append(self)
         Service.started.append(self)
@@ -321,6 +327,22 @@ class Service:
                 return f.read().decode(errors="replace")
         except (OSError, TypeError):
             return ""
+
+    def sanitizer_reports(self):
+        """UBSan reports in the log, but for the one a process out of fds makes up: a
+        vptr check whose memory probe (a pipe) failed, which ends "<memory cannot be printed>"."""
+        lines = self.log_text().splitlines()
+        reports = []
+        for i, line in enumerate(lines):
+            if "runtime error:" not in line:
+                continue
+            report = lines[i:i + 3]
+            fd_less_vptr_probe = ("does not point to an object of type" in line and
+                                  any("invalid vptr" in r for r in report) and
+                                  any("<memory cannot be printed>" in r for r in report))
+            if not fd_less_vptr_probe:
+                reports.append("\n".join(report))
+        return reports
 
     def log_tail(self, lines=40):
         text = self.log_text().splitlines()
@@ -521,6 +543,7 @@ class IntegrationCase(unittest.TestCase):
         code, took = p.stop()
         self.assertEqual(code, 0, f"{p.name} exited with {code} after SIGTERM "
                                   f"(took {took:.1f} s)\n{p.log_tail()}")
+        self.assertEqual(p.sanitizer_reports(), [], f"{p.name}: sanitizer reports")
 
     @classmethod
     def start_class_proxy(cls, *args, **kw):
@@ -534,6 +557,8 @@ class IntegrationCase(unittest.TestCase):
         if code != 0:
             raise AssertionError(f"{p.name} exited with {code} after SIGTERM "
                                  f"(took {took:.1f} s)\n{p.log_tail()}")
+        if p.sanitizer_reports():
+            raise AssertionError(f"{p.name}: sanitizer reports: {p.sanitizer_reports()}")
         p.remove_log()
 
     # Third-party peers: stopped by PID at cleanup; their exit code is theirs to choose.
