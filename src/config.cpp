@@ -6,8 +6,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
+#include "config_file.hpp"
 #include "version.hpp"
 
 namespace rs {
@@ -48,10 +50,54 @@ std::optional<std::string> read_key_file(const std::string& path) {
 
 }  // namespace
 
-std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
+std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::string* file_error) {
+  // Arguments after "--" are the config file's `...`; CLI11 never sees them.
+  int nargs = argc;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--") == 0) {
+      nargs = i;
+      c.config_args.assign(argv + i + 1, argv + argc);
+      break;
+    }
+  }
+  // -c is read before the flags so that every flag given overrides it: CLI11
+  // assigns only the options that appear.
+  for (int i = 1; i < nargs; ++i) {
+    const std::string_view a = argv[i];
+    if ((a == "-c" || a == "--config") && i + 1 < nargs) {
+      c.config_file = argv[i + 1];
+    } else if (a.starts_with("--config=")) {
+      c.config_file = std::string(a.substr(9));
+    } else if (a.starts_with("-c") && a.size() > 2 && a[2] != '-') {
+      c.config_file = std::string(a.substr(2));
+    }
+  }
+  if (!c.config_file.empty()) {
+    // Absolute: SIGHUP reads it again after -d has changed directory to /.
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(c.config_file, ec);
+    if (!ec) c.config_file = abs.string();
+    if (auto err = load_config_file(c.config_file, c.config_args, c)) {
+      if (file_error) {
+        *file_error = *err;
+      } else {
+        std::fprintf(stderr, "%s\n", err->c_str());
+      }
+      return 2;
+    }
+  }
+
   CLI::App app{"rulesocks " RULESOCKS_VERSION
                " - a Lua-scriptable SOCKS4/4A/5 and HTTP CONNECT proxy server"};
   app.set_version_flag("-V,--version", "rulesocks " RULESOCKS_VERSION);
+  std::string config_file;
+  app.add_option("-c,--config", config_file,
+                 "load options from the Lua config FILE (or FILE.gz; neosocksd's format: "
+                 "returns a table of options, may carry a ruleset table); the flags given "
+                 "override it; arguments after \"--\" are its `...`")
+      ->type_name("FILE");
+  app.add_flag("--dump-config", c.dump_config,
+               "print the effective options as a config file for -c, and exit");
   app.get_formatter()->column_width(34);
 
   app.add_option("-l,--listen", c.listen, "listen for SOCKS4/4A/5 on ADDR (repeatable)")
@@ -76,7 +122,7 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
                  "X-API-Key: KEY) and send it on RPC calls")
       ->type_name("KEY");
   std::string key_file;
-  app.add_option("--api-key-file", key_file,
+  app.add_option("--api-key-file", c.api_key_file,
                  "as --api-key, with the key on the first line of FILE (mode 600 or stricter)")
       ->type_name("FILE");
   app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
@@ -130,6 +176,17 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       ->type_name("MiB")
       ->capture_default_str();
   app.add_flag("--traceback", c.traceback, "log Lua tracebacks of ruleset errors");
+  app.add_option("--log", c.log_output,
+                 "where log lines go: stdout, stderr, syslog (-d's default) or discard")
+      ->type_name("OUTPUT");
+  app.add_flag("--accept-proxy-protocol", c.accept_proxy_protocol,
+               "every proxy listener expects a PROXY protocol v1 or v2 header (HAProxy "
+               "send-proxy / send-proxy-v2) and takes the client address from it");
+  std::string send_proxy;
+  app.add_option("--send-proxy-protocol", send_proxy,
+                 "send a PROXY protocol header naming the client before anything else on each "
+                 "direct (or -f) connection to a target")
+      ->type_name("v1|v2");
   app.add_option("--tcp-sndbuf", c.tcp_sndbuf, "SO_SNDBUF of proxied sockets (0: system default)")
       ->type_name("BYTES");
   app.add_option("--tcp-rcvbuf", c.tcp_rcvbuf, "SO_RCVBUF of proxied sockets (0: system default)")
@@ -144,10 +201,34 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
       "--no-fastopen", [&](int64_t) { c.tcp_fastopen = false; },
       "do not set TCP_FASTOPEN on the proxy listeners (server-side TCP Fast Open, RFC 7413)");
 
+  app.add_flag("--tproxy", c.tproxy,
+               "transparent proxy (Linux TPROXY): the -l listeners take connections "
+               "redirected to any address, whose original destination goes to "
+               "ruleset.route/route6 (or is dialed as it is)");
   try {
-    app.parse(argc, argv);
+    app.parse(nargs, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  // -r on the command line replaces a config file's ruleset table.
+  if (app.count("-r") > 0) {
+    c.config_ruleset = false;
+    c.ruleset_chunk.clear();
+  }
+  // Checked here rather than by CLI11, whose set would show in --help.
+  if (!send_proxy.empty()) {
+    if (send_proxy != "v1" && send_proxy != "v2") {
+      std::fprintf(stderr, "--send-proxy-protocol: expected v1 or v2, got \"%s\"\n",
+                   send_proxy.c_str());
+      return 2;
+    }
+    c.send_proxy_protocol = send_proxy == "v1" ? 1 : 2;
+  }
+  if (!c.log_output.empty() && c.log_output != "stdout" && c.log_output != "stderr" &&
+      c.log_output != "syslog" && c.log_output != "discard") {
+    std::fprintf(stderr, "--log: expected stdout, stderr, syslog or discard, got \"%s\"\n",
+                 c.log_output.c_str());
+    return 2;
   }
   // A bare --http comes out of CLI11 as an empty entry: it means "every -l".
   if (std::erase(c.http_listen, std::string()) > 0) c.http_all = true;
@@ -162,6 +243,10 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
     }
     c.max_startups = *m;
   }
+  if (c.max_startups.full < c.max_startups.start) {
+    std::fprintf(stderr, "startup_limit_full must be at least startup_limit_start\n");
+    return 2;
+  }
   if (block_outbound) {
     std::string bad;
     auto mask = net::parse_class_list(*block_outbound, &bad);
@@ -174,6 +259,11 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
     }
     c.block_outbound = *mask;
   }
+  // A key from the file is read again on every parse (SIGHUP may have changed it).
+  if (!c.api_key_file.empty() && app.count("--api-key") == 0 && app.count("--api-key-file") > 0)
+    c.api_key.clear();
+  if (app.count("--api-key") > 0 && app.count("--api-key-file") == 0) c.api_key_file.clear();
+  key_file = c.api_key_file;
   if (!key_file.empty() && !c.api_key.empty()) {
     std::fprintf(stderr, "give --api-key or --api-key-file, not both\n");
     return 2;
@@ -199,6 +289,11 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
     std::fprintf(stderr,
                  "nothing to do: give at least one -l, --http or --api address (see --help)\n");
     return 2;
+  }
+  if (c.dump_config) {
+    const std::string text = dump_config(c);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return std::fflush(stdout) == 0 ? 0 : 1;
   }
   return std::nullopt;
 }

@@ -27,7 +27,8 @@ struct Config {
   // --api-key KEY or the first line of --api-key-file FILE; empty: none. A
   // secret: never logged, never shown to Lua (neosocksd.config()).
   std::string api_key;
-  std::string ruleset;  // -r FILE
+  std::string api_key_file;  // --api-key-file FILE (for --dump-config: the key stays there)
+  std::string ruleset;       // -r FILE
   std::string nameserver;
   std::string netdev;  // -i: bind outbound sockets to a device
   std::string user;    // -u user[:group]
@@ -47,12 +48,36 @@ struct Config {
   size_t max_sessions = 0;  // 0 = unlimited
   MaxStartups max_startups;
   size_t memlimit_mib = 0;
+  // --accept-proxy-protocol: every proxy listener (-l, --http, -f) reads a
+  // PROXY v1/v2 header first and takes the client address from it.
+  bool accept_proxy_protocol = false;
+  // --send-proxy-protocol v1|v2: 0 none, else the version sent first on
+  // every connection dialed for a client (direct and -f; not through -x hops).
+  int send_proxy_protocol = 0;
+  // --log: stdout, stderr, syslog or discard; empty: stderr, or syslog with -d.
+  std::string log_output;
+  // --tproxy: the -l listeners are transparent (IP_TRANSPARENT): each
+  // connection's target is the address it was sent to.
+  bool tproxy = false;
+  // -c FILE (config_file.hpp) and the arguments after "--" it gets as `...`.
+  std::string config_file;
+  std::vector<std::string> config_args;
+  // The config file carries a ruleset table (installed instead of -r FILE),
+  // and the chunk that runs the file in the ruleset VM and returns it (see
+  // ruleset_chunk() in config_file.hpp); both empty without one.
+  bool config_ruleset = false;
+  std::string ruleset_chunk;
+  bool dump_config = false;  // --dump-config: print the options as a config file, exit
   // --block-outbound: the net::AddrClass bits no dial may reach.
   unsigned block_outbound = net::class_bit(net::AddrClass::kMulticast);
 };
 
-// Parses argv. On --help/--version or an error, prints and returns the exit
-// code to use; otherwise returns nullopt and fills `out`.
-std::optional<int> parse_command_line(int argc, char** argv, Config& out);
+// Parses argv: -c FILE first (when given), then the flags, which override
+// it. On --help/--version/--dump-config or an error, prints and returns the
+// exit code to use; otherwise returns nullopt and fills `out`. With
+// `file_error`, an error in the config file is stored there instead of being
+// printed (SIGHUP logs it).
+std::optional<int> parse_command_line(int argc, char** argv, Config& out,
+                                      std::string* file_error = nullptr);
 
 }  // namespace rs

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <optional>
 #include <string_view>
 
 namespace rs::log {
@@ -26,7 +27,15 @@ inline bool enabled(int level) {
   return level <= threshold;
 }
 
-// Switch output to syslog(3) (used by --daemonize).
+enum class Output { kStdout, kStderr, kSyslog, kDiscard };
+// "stdout", "stderr", "syslog", "discard" (--log); nullopt for anything else.
+std::optional<Output> parse_output(std::string_view name);
+// Whether a syslog daemon listens on /dev/log: without one, syslog(3) drops
+// every line silently.
+bool syslog_available();
+// Where lines go from now on; kSyslog opens syslog(3) with `ident`.
+void set_output(Output out, const char* ident = "rulesocks");
+// Switch output to syslog(3).
 void use_syslog(const char* ident);
 void write(int level, std::string_view msg);
 

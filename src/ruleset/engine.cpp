@@ -281,7 +281,12 @@ std::unique_ptr<Cancellable> Engine::route(Request req, RouteCallback cb) {
         lua_pushnil(L);
       }
     }
-    id = rt_->start_job(JobKind::kRoute, 4, std::move(on_done), req.forwarder);
+    if (req.client.empty()) {
+      lua_pushnil(L);
+    } else {
+      lua_pushlstring(L, req.client.data(), req.client.size());
+    }
+    id = rt_->start_job(JobKind::kRoute, 5, std::move(on_done), req.forwarder);
   }
   return std::make_unique<JobHandle>(rt_, id);
 }

@@ -69,6 +69,9 @@ struct Request {
   enum class Kind { kResolve, kRoute, kRoute6 } kind = Kind::kResolve;
   std::string addr;  // "example.org:80", "1.2.3.4:80", "[::1]:80"
   std::optional<std::string> username, password;
+  // The client's address ("192.0.2.7:56324"), the PROXY protocol's source
+  // when the listener takes one: the callbacks' fourth argument. Empty: nil.
+  std::string client;
   // Borrowed; must outlive the route handle. nullptr: await.forward raises
   // "the request is not forwardable".
   Forwarder* forwarder = nullptr;

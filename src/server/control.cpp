@@ -35,7 +35,7 @@ std::string lua_dir_beside_binary() {
 Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen) : server_(server) {
   const Config& cfg = server.config();
   last_.time = server.start_time();
-  if (!cfg.ruleset.empty()) {
+  if (!cfg.ruleset.empty() || !cfg.ruleset_chunk.empty()) {
     ruleset::EngineOptions opts;
     opts.memlimit_bytes = cfg.memlimit_mib << 20;
     opts.traceback = cfg.traceback;
@@ -48,12 +48,19 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     opts.resolve_family = resolve_family(cfg);
     engine_ = std::make_unique<ruleset::Engine>(server.loop(), &server.resolver(), this, opts);
     std::string err;
-    if (!engine_->load_file(cfg.ruleset, &err))
-      throw std::runtime_error("ruleset " + cfg.ruleset + ": " + err);
-    log::notice("ruleset loaded from {}", cfg.ruleset);
-    std::error_code ec;
-    auto abs = std::filesystem::absolute(cfg.ruleset, ec);
-    ruleset_path_ = ec ? cfg.ruleset : abs.string();
+    if (!cfg.ruleset_chunk.empty()) {
+      // -c FILE with a ruleset table: the file runs again in the VM.
+      if (!engine_->update(cfg.ruleset_chunk, "=" + cfg.config_file, &err))
+        throw std::runtime_error("ruleset of " + cfg.config_file + ": " + err);
+      log::notice("ruleset loaded from {}", cfg.config_file);
+    } else {
+      if (!engine_->load_file(cfg.ruleset, &err))
+        throw std::runtime_error("ruleset " + cfg.ruleset + ": " + err);
+      log::notice("ruleset loaded from {}", cfg.ruleset);
+      std::error_code ec;
+      auto abs = std::filesystem::absolute(cfg.ruleset, ec);
+      ruleset_path_ = ec ? cfg.ruleset : abs.string();
+    }
   }
   if (api_listen) {
     api::ApiOptions opts;
@@ -81,11 +88,27 @@ std::optional<net::SockAddr> Control::api_address() const {
 
 void Control::reload_ruleset() {
   if (!engine_) {
-    log::warning("SIGHUP ignored: no ruleset file (-r) to reload");
+    log::warning("SIGHUP ignored: no ruleset (-r, or a ruleset table in -c) to reload");
+    return;
+  }
+  std::string err;
+  const Config& cfg = server_.config();
+  if (!cfg.ruleset_chunk.empty()) {
+    // The config file was read again by the caller (main), into cfg.
+    if (engine_->update(cfg.ruleset_chunk, "=" + cfg.config_file, &err)) {
+      log::notice("SIGHUP: ruleset reloaded from {}", cfg.config_file);
+    } else {
+      log::error("SIGHUP: ruleset of {} not reloaded, the running one stays: {}", cfg.config_file,
+                 err);
+    }
+    return;
+  }
+  if (ruleset_path_.empty()) {
+    log::warning("SIGHUP: {} no longer has a ruleset table; the running ruleset stays",
+                 cfg.config_file);
     return;
   }
   const std::string& path = ruleset_path_;
-  std::string err;
   if (engine_->load_file(path, &err)) {
     log::notice("SIGHUP: ruleset reloaded from {}", path);
   } else {

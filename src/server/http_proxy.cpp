@@ -276,7 +276,7 @@ void HttpProxy::route() {
     return;
   }
   phase_ = Phase::kRouting;
-  ruleset::Request req = routing_request(request_);
+  ruleset::Request req = routing_request(request_, peer_);
   req.forwarder = this;
   routing_ =
       engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {

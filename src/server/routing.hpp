@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "net/sockaddr.hpp"
 #include "proto/proxy_uri.hpp"
 #include "ruleset/engine.hpp"
 #include "server/frontend.hpp"
@@ -14,8 +15,8 @@
 namespace rs::server {
 
 // resolve for names, route / route6 for literal addresses, with the client's
-// credentials.
-inline ruleset::Request routing_request(const ClientRequest& r) {
+// credentials and address.
+inline ruleset::Request routing_request(const ClientRequest& r, const net::SockAddr& client) {
   const auto& t = r.target;
   ruleset::Request req;
   req.kind = t.is_ipv4()   ? ruleset::Request::Kind::kRoute
@@ -24,6 +25,7 @@ inline ruleset::Request routing_request(const ClientRequest& r) {
   req.addr = t.to_string();
   req.username = r.username;
   req.password = r.password;
+  if (client.len != 0) req.client = client.to_string();
   return req;
 }
 

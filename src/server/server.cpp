@@ -1,9 +1,13 @@
 #include "server/server.hpp"
 
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -38,7 +42,32 @@ size_t fd_limit_now() {
   return sessions_for_fd_limit(rl.rlim_cur);
 }
 
+// IP_TRANSPARENT (IPV6_TRANSPARENT): the listener accepts connections the
+// TPROXY target redirected to it, whatever their destination. Needs
+// CAP_NET_ADMIN.
+void set_transparent(int fd) {
+  int on = 1;
+  int domain = 0;
+  socklen_t len = sizeof domain;
+  const bool v6 = ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_INET6;
+  const int rc = v6 ? ::setsockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, &on, sizeof on)
+                    : ::setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &on, sizeof on);
+  if (rc != 0)
+    throw std::runtime_error(
+        fmt::format("--tproxy: {}: {}{}", v6 ? "IPV6_TRANSPARENT" : "IP_TRANSPARENT",
+                    std::strerror(errno), errno == EPERM ? " (needs CAP_NET_ADMIN)" : ""));
+}
+
 }  // namespace
+
+bool Server::redirected(int fd, size_t listener) const {
+  const net::SockAddr local = net::local_of(fd);
+  const net::SockAddr& own = listeners_[listener]->address();
+  if (local.port() != own.port()) return true;
+  // Same port: redirected only if the listener is not bound to that address
+  // (or to every address).
+  return !net::is_wildcard(own) && local.to_string() != own.to_string();
+}
 
 net::Family resolve_family(const Config& cfg) {
   return cfg.family == 4   ? net::Family::kOnlyV4
@@ -105,29 +134,47 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     self_.watch(*bound);
   }
 
+  if (cfg.tproxy && forward_) throw std::runtime_error("--tproxy is incompatible with -f");
+  if (cfg.tproxy && cfg.http_all)
+    throw std::runtime_error("--tproxy is incompatible with a bare --http");
   const std::string forward_note =
       forward_by_ruleset_ ? "forward, the ruleset picks the target" : "forward to " + cfg.forward;
   auto add = [&](const std::string& text, ListenerKind kind) {
     net::AcceptorOptions opts{.name = "listener",
                               .reuseport = cfg.reuseport,
                               .fastopen = cfg.tcp_fastopen,
-                              .tune = [this](int fd) { net::tune_socket(fd, dial_); },
+                              .tune =
+                                  [this, kind](int fd) {
+                                    net::tune_socket(fd, dial_);
+                                    if (kind == ListenerKind::kTransparent) set_transparent(fd);
+                                  },
                               .refused =
                                   [this] {
                                     ++stats_.accepted;
                                     ++stats_.refused;
                                   }};
+    const size_t index = listeners_.size();
     listeners_.push_back(std::make_unique<net::Acceptor>(
-        loop, parse_listen(text), opts, [this, kind](UniqueFd fd, const net::SockAddr& peer) {
+        loop, parse_listen(text), opts,
+        [this, kind, index](UniqueFd fd, const net::SockAddr& peer) {
+          if (kind == ListenerKind::kTransparent && !redirected(fd.get(), index)) {
+            ++stats_.accepted;
+            ++stats_.bad_requests;
+            log::info("{}: connected to the --tproxy listener itself, not redirected: closed",
+                      peer);
+            return;
+          }
           on_accept(std::move(fd), peer, kind);
         }));
     log::notice("listening on {} ({})", listeners_.back()->address(),
-                kind == ListenerKind::kHttp      ? "HTTP CONNECT"
-                : kind == ListenerKind::kForward ? forward_note
-                                                 : "SOCKS4/4A/5");
+                kind == ListenerKind::kHttp          ? "HTTP CONNECT"
+                : kind == ListenerKind::kForward     ? forward_note
+                : kind == ListenerKind::kTransparent ? "transparent proxy, --tproxy"
+                                                     : "SOCKS4/4A/5");
   };
   for (const auto& l : cfg.listen)
     add(l, forward_       ? ListenerKind::kForward
+           : cfg.tproxy   ? ListenerKind::kTransparent
            : cfg.http_all ? ListenerKind::kHttp
                           : ListenerKind::kSocks);
   for (const auto& l : cfg.http_listen) add(l, ListenerKind::kHttp);

@@ -33,7 +33,8 @@ namespace rs::server {
 class Control;
 class Session;
 
-enum class ListenerKind { kSocks, kHttp, kForward };
+// kTransparent: --tproxy, the target is the connection's original destination.
+enum class ListenerKind { kSocks, kHttp, kForward, kTransparent };
 
 // How many sessions a soft RLIMIT_NOFILE of `nofile` can carry: two fds each
 // (client and upstream), after a headroom for everything else (listeners,
@@ -90,6 +91,9 @@ class Server {
  private:
   // An accepted client socket: admitted (then owned by a new session) or closed.
   void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // --tproxy: whether the connection on listeners_[listener] was redirected
+  // to it (its destination is not the listener itself, which would loop).
+  bool redirected(int fd, size_t listener) const;
   // Whether a new half-open connection may be accepted now (--max-sessions,
   // the fd limit, --max-startups).
   bool admit();

@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "core/log.hpp"
+#include "proto/proxy_protocol.hpp"
 #include "ruleset/engine.hpp"
 #include "server/forward_dial.hpp"
 #include "server/routing.hpp"
@@ -45,8 +46,16 @@ const char* listener_name(ListenerKind kind) {
       return "http";
     case ListenerKind::kForward:
       return "forward";
+    case ListenerKind::kTransparent:
+      return "tproxy";
   }
   return "other";
+}
+
+// A PROXY header's numeric address (never a name).
+net::SockAddr to_sockaddr(const proto::Address& a) {
+  if (a.is_ipv4()) return net::SockAddr::from(std::get<proto::Ipv4>(a.host), a.port);
+  return net::SockAddr::from(std::get<proto::Ipv6>(a.host), a.port);
 }
 }  // namespace
 
@@ -55,6 +64,7 @@ Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, Listene
       client_(std::move(fd)),
       peer_(peer),
       kind_(kind),
+      want_proxy_header_(server.config().accept_proxy_protocol),
       io_(server.loop(), [this](int) { on_readable(); }),
       timer_(server.loop(), [this](int) { on_timeout(); }) {
   auto& st = server_.stats();
@@ -70,6 +80,25 @@ Session::~Session() {
 void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   self_ = self;
   timer_.start(server_.config().timeout);
+  if (want_proxy_header_) {
+    // The header comes first, within -t like any handshake; nothing else is
+    // read (or, for -f, dialed) before it.
+    io_.set(client_.get(), EV_READ);
+    io_.start();
+    return;
+  }
+  begin();
+}
+
+void Session::begin() {
+  if (kind_ == ListenerKind::kTransparent) {
+    // --tproxy: the connection was sent to its target; the kernel redirected
+    // it here keeping that address as ours. Literal, so route / route6 ask.
+    request_.target = net::local_of(client_.get()).to_address();
+    ++server_.stats().requests;
+    route();
+    return;
+  }
   if (kind_ == ListenerKind::kForward) {
     // Port forwarding has no handshake: the request is the forward target.
     request_.target = *server_.forward_target();
@@ -84,6 +113,33 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   if (kind_ == ListenerKind::kHttp) frontend_ = make_http_frontend(server_.frontend_options());
   io_.set(client_.get(), EV_READ);
   io_.start();
+}
+
+bool Session::take_proxy_header() {
+  auto r = proto::parse_proxy_header({reinterpret_cast<const uint8_t*>(in_.data()), in_.size()});
+  if (r.need_more()) return false;  // the codec bounds the header's length
+  if (r.failed()) {
+    // Only this connection: no reply, since the peer is a load balancer or
+    // someone who should not be talking to this port.
+    ++server_.stats().bad_requests;
+    log::info("{}: {}", peer_, r.error);
+    close();
+    return false;
+  }
+  want_proxy_header_ = false;
+  in_.erase(0, r.consumed);
+  if (r.value.source) {
+    log::debug("{}: PROXY v{} header: client {}", peer_, r.value.version, *r.value.source);
+    peer_ = to_sockaddr(*r.value.source);
+    proxied_destination_ = r.value.destination;
+  }
+  begin();
+  return true;
+}
+
+const char* Session::protocol() const {
+  if (frontend_) return frontend_->name();
+  return kind_ == ListenerKind::kTransparent ? "tproxy" : "forward";
 }
 
 TargetLog Session::target() const {
@@ -109,6 +165,8 @@ void Session::on_readable() {
   }
   if (state_ == State::kLingering) return;  // discard: we only wait for EOF
   in_.append(buf, static_cast<size_t>(n));
+  if (want_proxy_header_ && (!take_proxy_header() || in_.empty() || state_ != State::kHandshake))
+    return;
   if (state_ != State::kHandshake) {
     // Early data sent before our reply: keep it for the upstream, bounded.
     if (in_.size() >= kMaxHandshake) io_.stop();
@@ -180,7 +238,7 @@ void Session::route() {
     return;
   }
   state_ = State::kRouting;
-  ruleset::Request req = routing_request(request_);
+  ruleset::Request req = routing_request(request_, peer_);
   req.forwarder = this;
   routing_ =
       engine->route(std::move(req), [this](std::optional<ruleset::Decision> d, std::string why) {
@@ -249,12 +307,17 @@ void Session::forward_commit(UniqueFd fd, ruleset::Decision d) {
 }
 
 void Session::relay(UniqueFd upstream) {
+  if (!send_proxy_header(upstream.get())) {
+    ++server_.stats().dial_failed;
+    reject(net::DialError::kGeneral, "cannot send the PROXY header to the target");
+    return;
+  }
   if (frontend_ && !send_all(frontend_->reply(net::DialError::kOk))) {
     close();
     return;
   }
   ++server_.stats().success;
-  log::info("{}: {} -> {}", peer_, frontend_ ? frontend_->name() : "forward", target());
+  log::info("{}: {} -> {}", peer_, protocol(), target());
   leave_halfopen();
   timer_.stop();
   io_.stop();
@@ -277,7 +340,7 @@ void Session::relay(UniqueFd upstream) {
 
 void Session::reject(net::DialError err, const std::string& why) {
   if (err == net::DialError::kNotAllowed) ++server_.stats().rejected;
-  log::info("{}: {} {}: {}", peer_, frontend_ ? frontend_->name() : "forward", target(), why);
+  log::info("{}: {} {}: {}", peer_, protocol(), target(), why);
   fail(frontend_ ? frontend_->reply(err) : std::string(), why);
 }
 
@@ -295,6 +358,21 @@ void Session::fail(std::string reply, const std::string& why) {
   io_.set(client_.get(), EV_READ);
   io_.start();
   timer_.start(kLinger);
+}
+
+bool Session::send_proxy_header(int upstream) {
+  const int version = server_.config().send_proxy_protocol;
+  if (version == 0) return true;
+  // The client and the address it connected to: this listener's, unless a
+  // PROXY header in front of us named another.
+  const proto::Address src = peer_.to_address();
+  const proto::Address dst =
+      proxied_destination_ ? *proxied_destination_ : net::local_of(client_.get()).to_address();
+  const std::string header =
+      version == 1 ? proto::proxy_header_v1(src, dst) : proto::proxy_header_v2(src, dst);
+  // Nothing was written on the new connection yet: its send buffer has room.
+  return ::send(upstream, header.data(), header.size(), MSG_NOSIGNAL) ==
+         static_cast<ssize_t>(header.size());
 }
 
 bool Session::send_all(std::string_view bytes) {

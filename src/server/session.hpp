@@ -42,6 +42,11 @@ class Session : private ruleset::Forwarder {
  private:
   enum class State { kHandshake, kRouting, kDialing, kRelaying, kLingering, kProxying, kClosed };
 
+  // What start() does once the PROXY header (if the listener wants one) is in.
+  void begin();
+  // Reads the PROXY header from in_: true once taken (peer_ is then the
+  // client it names); false while it needs more or after closing on a bad one.
+  bool take_proxy_header();
   void on_readable();
   void on_timeout();
   void handle(Step step);
@@ -59,14 +64,20 @@ class Session : private ruleset::Forwarder {
   // Sends `reply`, then closes the session after the client has read it.
   void fail(std::string reply, const std::string& why);
   bool send_all(std::string_view bytes);
+  // --send-proxy-protocol: the header naming the client, first on `upstream`.
+  bool send_proxy_header(int upstream);
   void leave_halfopen();
   void teardown();
-  TargetLog target() const;  // for log lines
+  TargetLog target() const;      // for log lines
+  const char* protocol() const;  // "socks5", "http", "forward", "tproxy": for log lines
 
   Server& server_;
   UniqueFd client_;
   net::SockAddr peer_;
   ListenerKind kind_;
+  bool want_proxy_header_;  // --accept-proxy-protocol, until the header is read
+  // The destination a received PROXY header named (for --send-proxy-protocol).
+  std::optional<proto::Address> proxied_destination_;
   State state_ = State::kHandshake;
   bool halfopen_ = true;
   ev::Io io_;

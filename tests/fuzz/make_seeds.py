@@ -77,6 +77,8 @@ def http_post(path, body, headers=""):
              (path, headers, len(body)), body)
 
 
+PP2_SIG = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+
 RPC_TYPE = "Content-Type: application/x-neosocksd-rpc; version=1\r\n"
 
 SEEDS = {
@@ -326,6 +328,22 @@ SEEDS = {
         "string_method": "return (\"ab\"):rep(3)",
         "binary_chunk": b(0x1B, "Lua", 0x54, 0),
         "empty": "",
+    },
+    "proxy_protocol": {
+        "v1_tcp4": "PROXY TCP4 192.0.2.7 198.51.100.1 56324 1080\r\nGET / HTTP/1.1\r\n",
+        "v1_tcp6": "PROXY TCP6 2001:db8::7 ::1 65535 443\r\n",
+        "v1_unknown": "PROXY UNKNOWN\r\n",
+        "v1_bare_lf": "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+        "v1_long": "PROXY UNKNOWN " + "x" * 100 + "\r\n",
+        "v2_tcp4_tlv": b(PP2_SIG, 0x21, 0x11, 0, 21, [192, 0, 2, 7, 127, 0, 0, 1, 0xdc, 4, 4, 0x38],
+                         [1, 0, 2], "h2", [4, 0, 1, 0], 5, 1, 0),
+        "v2_tcp6": b(PP2_SIG, 0x21, 0x21, 0, 36, [0x20, 1, 0xd, 0xb8] + [0] * 12, [0] * 15 + [1],
+                     0x12, 0x34, 0, 80),
+        "v2_local": b(PP2_SIG, 0x20, 0, 0, 0),
+        "v2_unix": b(PP2_SIG, 0x21, 0x31, 0, 216, [0] * 216),
+        "v2_short_family": b(PP2_SIG, 0x21, 0x21, 0, 12, [0] * 12),
+        "v2_too_long": b(PP2_SIG, 0x21, 0x11, 0x10, 0x01),
+        "socks5_not_header": b(5, 1, 0),
     },
 }
 

@@ -114,6 +114,15 @@ def wait_until(predicate, timeout, interval=0.02):
         time.sleep(interval)
 
 
+def hup_and_wait(test, proxy, needle, timeout=10):
+    """Sends SIGHUP to the proxy's own PID and waits until its log shows `needle`
+    once more than before."""
+    count = proxy.log_text().count(needle)
+    os.kill(proxy.pid, signal.SIGHUP)
+    test.assertTrue(wait_until(lambda: proxy.log_text().count(needle) > count, timeout),
+                    proxy.log_tail())
+
+
 def _listen_table():
     """[(port, socket inode)] of every TCP socket in LISTEN state (/proc/net/tcp, tcp6)."""
     rows = []
@@ -839,6 +848,34 @@ class TcpServer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class EchoServer(TcpServer):
+    """Echoes what each connection sends; `firsts` keeps the first bytes each one read
+    (to check what a proxy sent before the client's bytes)."""
+
+    def __init__(self, host=LOOP4):
+        super().__init__(host)
+        self.firsts = []
+
+    def on_accept(self, conn):
+        self.serve_in_thread(conn)
+
+    def serve(self, conn):
+        with conn:
+            conn.settimeout(10)
+            first = True
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                if first:
+                    self.firsts.append(data)
+                    first = False
+                conn.sendall(data)
 
 
 class HoldServer(TcpServer):

@@ -3,7 +3,8 @@
 The info string after the opening fence says what a block is:
 
   ```sh           shell commands. A line `rulesocks ...` that listens (-l,
-                  --http, --api) is a server: it is started in the background
+                  --http, --api; or -c FILE with the addresses after "--"),
+                  and has no --dump-config, is a server: it is started in the background
                   (and waited for) before the lines after it run, and stopped
                   at the end of the block, where it must exit 0. The other
                   lines run with `sh -e` (rulesocks on PATH, cwd = the
@@ -64,6 +65,7 @@ EXPECT = re.compile(r"^\s*# -> (.*)$")
 # Log lines of warnings, errors and fatal errors (see src/core/log.cpp).
 BAD_LOG = re.compile(r"^[WEF] \d{4}-", re.M)
 LISTEN_FLAGS = ("-l", "--listen", "--http", "--api")
+CONFIG_FLAGS = ("-c", "--config")
 
 # No proxy from the environment, for curl or urllib.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -143,8 +145,13 @@ class Ports:
 
 
 def listen_ports(args):
-    """The ports a rulesocks command line listens on."""
+    """The ports a rulesocks command line listens on (with -c FILE: also the
+    addresses after "--", which the examples' config files listen on)."""
     ports = []
+    if "--" in args and any(a in CONFIG_FLAGS for a in args):
+        ports += [int(a.rsplit(":", 1)[1]) for a in args[args.index("--") + 1:]
+                  if re.fullmatch(r"[\d.]+:\d+", a)]
+        args = args[:args.index("--")]
     for i, a in enumerate(args):
         value = None
         if a in LISTEN_FLAGS and i + 1 < len(args) and not args[i + 1].startswith("-"):
@@ -157,7 +164,10 @@ def listen_ports(args):
 
 
 def is_server(args):
-    return bool(args) and args[0] == "rulesocks" and any(
+    # --dump-config (like --help) prints and exits: no server.
+    if not args or args[0] != "rulesocks" or "--dump-config" in args:
+        return False
+    return bool(listen_ports(args)) or any(
         a in LISTEN_FLAGS or a.split("=", 1)[0] in LISTEN_FLAGS for a in args[1:])
 
 

@@ -10,6 +10,7 @@
   ForwardByRuleset  -f : -r FILE: the ruleset picks each forwarded connection's target
   FastOpen          TCP_FASTOPEN on listeners by default; --no-fastopen turns it off
   ProtoTimeout      --proto-timeout, neosocksd's old name of --bidir-timeout
+  LogOutput         --log stdout|stderr|discard; -d without syslog falls back to stderr
 """
 
 import ctypes
@@ -617,6 +618,49 @@ class ProxyChainAuth(IntegrationCase):
         with connect(front.port) as s:
             raw, rep = socks5_handshake(s, LOOP4, self.origin.port)
         self.assertEqual(rep, 0x02, raw.hex())
+
+
+# ---------------------------------------------------------------------------
+# --log
+# ---------------------------------------------------------------------------
+
+class LogOutput(IntegrationCase):
+    """--log picks the stream; -d without a syslog daemon warns and keeps stderr."""
+
+    def run_briefly(self, *args):
+        port = free_port()
+        p = subprocess.Popen([BIN, "-l", f"{LOOP4}:{port}", *args], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.assertTrue(wait_until(lambda: listening_inodes(port), 10))
+        finally:
+            p.terminate()
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        return out.decode(), err.decode()
+
+    def test_stdout_stderr_discard(self):
+        out, err = self.run_briefly("--log", "stdout")
+        self.assertIn("started", out)
+        self.assertNotIn("started", err)
+        out, err = self.run_briefly("--log", "stderr")
+        self.assertIn("started", err)
+        self.assertEqual(out, "")
+        out, err = self.run_briefly("--log", "discard")
+        self.assertEqual((out, err), ("", ""))
+
+    def test_bad_output_is_refused(self):
+        r = subprocess.run([BIN, "-l", f"{LOOP4}:1", "--log", "journal"], capture_output=True,
+                           text=True, timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--log", r.stderr)
+
+    def test_syslog_fallback(self):
+        if os.path.exists("/dev/log"):
+            self.skipTest("a syslog daemon listens on /dev/log: nothing falls back")
+        out, err = self.run_briefly("--log", "syslog")
+        self.assertIn("syslog is absent", err)
+        self.assertIn("started", err)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import pwd
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -489,9 +490,13 @@ class Operations(PeerCase):
         inode) is detached, serves, and exits on SIGTERM sent to its PID."""
         port = free_port()
         cmd = [BIN, "-d", "--loglevel", "6", "-l", f"{LOOP4}:{port}"]
-        launcher = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=10)
-        self.assertEqual(launcher.returncode, 0, launcher.stderr.decode(errors="replace"))
+        # Without a syslog daemon -d keeps logging to its stderr: a file, not a pipe
+        # that the launcher's caller would wait on for as long as the daemon runs.
+        with tempfile.TemporaryFile() as log:
+            launcher = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=log, timeout=10)
+            log.seek(0)
+            self.assertEqual(launcher.returncode, 0, log.read().decode(errors="replace"))
         inodes = wait_until(lambda: listening_inodes(port), 5)
         self.assertEqual(len(inodes), 1, f"listeners on port {port}: {inodes}")
         pids = wait_until(lambda: pids_holding(next(iter(inodes))), 5)

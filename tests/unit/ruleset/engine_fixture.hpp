@@ -171,8 +171,9 @@ class EngineTest : public ::testing::Test {
   std::unique_ptr<Cancellable> start_route(RouteResult& r, std::string addr,
                                            Request::Kind kind = Request::Kind::kResolve,
                                            std::optional<std::string> user = std::nullopt,
-                                           std::optional<std::string> pass = std::nullopt) {
-    Request req{kind, std::move(addr), std::move(user), std::move(pass)};
+                                           std::optional<std::string> pass = std::nullopt,
+                                           std::string client = {}) {
+    Request req{kind, std::move(addr), std::move(user), std::move(pass), std::move(client)};
     return engine_->route(std::move(req), [&r](std::optional<Decision> d, std::string err) {
       r.called = true;
       if (d) {

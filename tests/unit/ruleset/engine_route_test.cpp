@@ -65,6 +65,28 @@ TEST_F(EngineTest, PassesAddressAndCredentials) {
   EXPECT_EQ(r.decision->addr, "[::1]:81");
 }
 
+// The client address is the fourth argument; without one it is nil.
+TEST_F(EngineTest, PassesClientAddress) {
+  make();
+  load(R"(return { route = function(addr, user, pass, client)
+    if client == "192.0.2.7:56324" then
+      return "127.0.0.1:1"
+    end
+    if client == nil then return "127.0.0.1:2" end
+  end })");
+  RouteResult r;
+  auto h =
+      start_route(r, "10.0.0.1:80", Kind::kRoute, std::nullopt, std::nullopt, "192.0.2.7:56324");
+  ASSERT_TRUE(run_until([&] { return r.called; }));
+  ASSERT_TRUE(r.decision) << r.error;
+  EXPECT_EQ(r.decision->addr, "127.0.0.1:1");
+  RouteResult anon;
+  auto h2 = start_route(anon, "10.0.0.1:80", Kind::kRoute);
+  ASSERT_TRUE(run_until([&] { return anon.called; }));
+  ASSERT_TRUE(anon.decision) << anon.error;
+  EXPECT_EQ(anon.decision->addr, "127.0.0.1:2");
+}
+
 TEST_F(EngineTest, NilRejects) {
   make();
   load(R"(return { resolve = function() return nil end })");
