@@ -281,7 +281,12 @@ std::unique_ptr<Cancellable> Engine::route(Request req, RouteCallback cb) {
         lua_pushnil(L);
       }
     }
-    id = rt_->start_job(JobKind::kRoute, 4, std::move(on_done));
+    int nargs = 4;
+    if (req.udp) {
+      lua_pushliteral(L, "udp");
+      ++nargs;
+    }
+    id = rt_->start_job(JobKind::kRoute, nargs, std::move(on_done));
   }
   return std::make_unique<JobHandle>(rt_, id);
 }

@@ -41,6 +41,9 @@ struct Request {
   enum class Kind { kResolve, kRoute, kRoute6 } kind = Kind::kResolve;
   std::string addr;  // "example.org:80", "1.2.3.4:80", "[::1]:80"
   std::optional<std::string> username, password;
+  // A destination of a SOCKS5 UDP association rather than a TCP connection:
+  // the callback gets "udp" as a fourth argument (nil for TCP).
+  bool udp = false;
 };
 
 // Where to send it: `target` through `chain`, parsed once by the engine.

@@ -17,6 +17,9 @@ namespace rs::server {
 struct ClientRequest {
   proto::Address target;
   std::optional<std::string> username, password;
+  // SOCKS5 UDP ASSOCIATE (with --enable-socks5-udp): `target` is where the
+  // client says it will send from (0.0.0.0:0 when it does not know).
+  bool udp_associate = false;
 };
 
 struct Step {
@@ -38,6 +41,7 @@ struct Step {
 struct FrontendOptions {
   bool auth_required = false;     // refuse clients that offer no credentials
   bool want_credentials = false;  // ask for credentials when the client offers them
+  bool udp_associate = false;     // accept SOCKS5 UDP ASSOCIATE (--enable-socks5-udp)
 };
 
 class Frontend {

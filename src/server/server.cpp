@@ -78,6 +78,8 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   // Idle upstream connections live as long as idle client ones (-t).
   pool_ = std::make_unique<UpstreamPool>(loop, kPooledUpstreams, cfg.timeout);
   frontend_.auth_required = cfg.auth_required;
+  frontend_.udp_associate = cfg.udp.enable;
+  udp_admission_.set_limits(cfg.udp.max_associations, cfg.udp.max_per_client);
   frontend_.want_credentials = cfg.auth_required || !cfg.ruleset.empty();
 
   if (!cfg.proxy.empty()) {

@@ -22,6 +22,7 @@
 #include "proto/proxy_uri.hpp"
 #include "server/frontend.hpp"
 #include "server/stats.hpp"
+#include "server/udp_admission.hpp"
 #include "server/upstream_pool.hpp"
 
 namespace rs::ruleset {
@@ -86,6 +87,8 @@ class Server {
   // Our own connections to the API, recorded by every Dialer that uses
   // dial_options() and looked up by the API (see self_connections.hpp).
   net::SelfConnections& self_connections() { return self_; }
+  // Live SOCKS5 UDP associations against --udp-max-associations / --udp-max-per-client.
+  UdpAdmission& udp_admission() { return udp_admission_; }
 
  private:
   // An accepted client socket: admitted (then owned by a new session) or closed.
@@ -109,6 +112,7 @@ class Server {
   std::vector<net::SockAddr> protected_;
   net::SelfConnections self_;  // before control_ (the API) and the sessions that dial
   Stats stats_;
+  UdpAdmission udp_admission_;  // before the sessions, whose associations hold tickets
   std::unique_ptr<UpstreamPool> pool_;
   size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up
   double last_fd_warning_ = -1e9;

@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "core/log.hpp"
+#include "proto/socks5.hpp"
 #include "ruleset/engine.hpp"
 #include "server/routing.hpp"
 #include "server/server.hpp"
@@ -143,6 +144,10 @@ void Session::handle(Step step) {
     case Step::kRequest:
       request_ = std::move(step.request);
       ++server_.stats().requests;
+      if (request_.udp_associate) {
+        associate_udp();
+        return;
+      }
       route();
       return;
   }
@@ -158,6 +163,22 @@ void Session::proxy_http() {
                                        [this] { close(); });
   in_.clear();
   proxy_->start();
+}
+
+void Session::associate_udp() {
+  uint8_t rep = 0;
+  std::string why;
+  udp_ = UdpAssociation::create(server_, client_.get(), peer_, request_, &rep, &why);
+  if (!udp_) {
+    log::info("{}: socks5 udp associate: {}", peer_, why);
+    fail(proto::socks5_reply(rep, proto::Address{proto::Ipv4{}, 0}), why);
+    return;
+  }
+  leave_halfopen();
+  io_.stop();
+  timer_.stop();
+  state_ = State::kProxying;
+  if (!udp_->start(std::move(client_), [this] { close(); })) close();
 }
 
 void Session::route() {
@@ -306,6 +327,8 @@ void Session::teardown() {
   server_.deferred().dispose(std::move(relay_));
   if (proxy_) proxy_->stop();
   server_.deferred().dispose(std::move(proxy_));
+  if (udp_) udp_->stop();
+  server_.deferred().dispose(std::move(udp_));
   client_.reset();
 }
 

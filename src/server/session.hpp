@@ -20,6 +20,7 @@
 #include "ruleset/engine.hpp"
 #include "server/frontend.hpp"
 #include "server/http_proxy.hpp"
+#include "server/udp_associate.hpp"
 
 namespace rs::server {
 
@@ -46,6 +47,7 @@ class Session {
   void on_timeout();
   void handle(Step step);
   void proxy_http();
+  void associate_udp();
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
@@ -73,7 +75,8 @@ class Session {
   std::unique_ptr<Cancellable> routing_;
   std::unique_ptr<net::Dialer> dialer_;
   std::unique_ptr<net::Relay> relay_;
-  std::unique_ptr<HttpProxy> proxy_;  // kProxying: owns the client socket
+  std::unique_ptr<HttpProxy> proxy_;     // kProxying: owns the client socket
+  std::unique_ptr<UdpAssociation> udp_;  // kProxying: owns the control connection
   std::list<std::unique_ptr<Session>>::iterator self_;
 };
 

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "server/udp_stats.hpp"
+
 namespace rs::server {
 
 struct Stats {
@@ -23,6 +25,7 @@ struct Stats {
   uint64_t api_requests = 0;              // API request heads; never in `requests`
   uint64_t api_successes = 0;             // API requests answered with a 2xx status
   uint64_t api_unauthorized = 0;          // API requests refused 401 or 403 (access rules)
+  UdpStats udp;
 };
 
 }  // namespace rs::server

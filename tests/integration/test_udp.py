@@ -1,0 +1,369 @@
+"""SOCKS5 UDP ASSOCIATE (--enable-socks5-udp) with a real client: Debian's
+python3-socks (PySocks) talking through rulesocks to UDP servers on loopback.
+
+  Associate   echo by IPv4, IPv6 and host name; DNS to dnsmasq; 10,000
+              datagrams with checksums; a foreign sender dropped; the
+              association ends with its control connection; disabled by default
+  Ruleset     the fourth argument "udp"; one destination allowed, another refused
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import unittest
+import urllib.request
+
+from harness import (IO_TIMEOUT, LOOP4, LOOP6, IntegrationCase, free_port, has_ipv6_loopback,
+                     wait_until)
+
+try:
+    import socks  # python3-socks
+except ImportError:  # pragma: no cover
+    socks = None
+
+
+class UdpEcho:
+    """A UDP echo server on `host` in a thread; answers every datagram with itself."""
+
+    def __init__(self, host=LOOP4):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.sock.sendto(data, peer)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def udp_client(proxy_port, rdns=True):
+    s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.set_proxy(socks.SOCKS5, LOOP4, proxy_port, rdns=rdns)
+    s.settimeout(IO_TIMEOUT)
+    s.bind(("", 0))
+    return s
+
+
+def get_stats(api_port):
+    with urllib.request.urlopen(f"http://{LOOP4}:{api_port}/stats", timeout=10) as r:
+        return r.read().decode()
+
+
+def dns_query(name, qid=0x1234):
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack(">HH", 1, 1)
+
+
+def dns_answer_a(resp):
+    """The first A record of a DNS response, as a dotted string."""
+    qd, an = struct.unpack(">HH", resp[4:8])
+    pos = 12
+    for _ in range(qd):
+        while resp[pos] != 0:
+            pos += resp[pos] + 1
+        pos += 5
+    for _ in range(an):
+        if resp[pos] & 0xC0 == 0xC0:
+            pos += 2
+        else:
+            while resp[pos] != 0:
+                pos += resp[pos] + 1
+            pos += 1
+        rtype, _, _, rdlen = struct.unpack(">HHIH", resp[pos:pos + 10])
+        pos += 10
+        if rtype == 1:
+            return socket.inet_ntoa(resp[pos:pos + rdlen])
+        pos += rdlen
+    return None
+
+
+@unittest.skipIf(socks is None, "python3-socks (PySocks) is not installed")
+class Associate(IntegrationCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = UdpEcho(LOOP4)
+        cls.addClassCleanup(cls.echo.stop)
+        cls.proxy = cls.start_class_proxy("--enable-socks5-udp", "--udp-timeout", "30", api=True)
+
+    def echo_once(self, s, dest, payload):
+        s.sendto(payload, dest)
+        data, src = s.recvfrom(65535)
+        return data, src
+
+    def test_echo_by_ipv4(self):
+        with udp_client(self.proxy.port) as s:
+            data, src = self.echo_once(s, (LOOP4, self.echo.port), b"hello over udp")
+            self.assertEqual(data, b"hello over udp")
+            self.assertEqual(src, (LOOP4, self.echo.port))
+
+    @unittest.skipUnless(has_ipv6_loopback(), "no IPv6 loopback")
+    def test_echo_by_ipv6(self):
+        echo6 = UdpEcho(LOOP6)
+        self.addCleanup(echo6.stop)
+        with udp_client(self.proxy.port) as s:
+            data, _ = self.echo_once(s, (LOOP6, echo6.port), b"v6 payload")
+            self.assertEqual(data, b"v6 payload")
+
+    def test_echo_by_host_name(self):
+        # "localhost" is resolved by the proxy (rdns): the datagram carries the name.
+        with udp_client(self.proxy.port, rdns=True) as s:
+            data, _ = self.echo_once(s, ("localhost", self.echo.port), b"by name")
+            self.assertEqual(data, b"by name")
+
+    def test_many_datagrams_with_checksums(self):
+        # 10,000 datagrams with a sequence number and a digest each: every
+        # echo that comes back is intact, and losses (UDP may lose some when
+        # the machine is busy) are accounted for, never silent corruption.
+        total, window = 10000, 64
+        sent = got = corrupt = 0
+        seen = set()
+        with udp_client(self.proxy.port) as s:
+            s.settimeout(2.0)
+            while sent < total:
+                burst = min(window, total - sent)
+                for i in range(sent, sent + burst):
+                    body = os.urandom(32) + struct.pack(">I", i)
+                    s.sendto(body + hashlib.sha256(body).digest(), (LOOP4, self.echo.port))
+                sent += burst
+                for _ in range(burst):
+                    try:
+                        data, _ = s.recvfrom(65535)
+                    except socket.timeout:
+                        break
+                    body, digest = data[:-32], data[-32:]
+                    if hashlib.sha256(body).digest() != digest:
+                        corrupt += 1
+                        continue
+                    seen.add(struct.unpack(">I", body[-4:])[0])
+                    got += 1
+        self.assertEqual(corrupt, 0)
+        self.assertEqual(len(seen), got)  # no duplicates
+        lost = sent - got
+        # Bounded, not timed: a handful of losses on a loaded machine is UDP.
+        self.assertLess(lost, total // 10, f"{lost} of {total} datagrams lost")
+
+    def test_foreign_sender_is_dropped(self):
+        with udp_client(self.proxy.port) as s:
+            self.echo_once(s, (LOOP4, self.echo.port), b"learn my port")
+            relay = socks._orig_socket.getpeername(s)
+            before = self.echo.received
+            # Another local address sends a well-formed datagram to the relay.
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                other.bind(("127.0.0.2", 0))
+                hdr = b"\x00\x00\x00\x01" + socket.inet_aton(LOOP4) + struct.pack(
+                    ">H", self.echo.port)
+                for _ in range(5):
+                    other.sendto(hdr + b"intruder", relay)
+            # The association still works, and the echo never heard the intruder.
+            data, _ = self.echo_once(s, (LOOP4, self.echo.port), b"still mine")
+            self.assertEqual(data, b"still mine")
+            self.assertEqual(self.echo.received, before + 1)
+        self.assertRegex(get_stats(self.proxy.api_port), r"foreign [1-9]")
+
+    def test_fragments_are_dropped(self):
+        with udp_client(self.proxy.port) as s:
+            self.echo_once(s, (LOOP4, self.echo.port), b"first")
+            raw = socket.socket(fileno=os.dup(s.fileno()))
+            try:
+                hdr = b"\x00\x00\x01\x01" + socket.inet_aton(LOOP4) + struct.pack(
+                    ">H", self.echo.port)
+                before = self.echo.received
+                raw.send(hdr + b"fragment")
+                data, _ = self.echo_once(s, (LOOP4, self.echo.port), b"whole")
+                self.assertEqual(data, b"whole")
+                self.assertEqual(self.echo.received, before + 1)
+            finally:
+                raw.detach()
+        self.assertRegex(get_stats(self.proxy.api_port), r"fragment [1-9]")
+
+    def test_association_ends_with_its_control_connection(self):
+        s = udp_client(self.proxy.port)
+        self.echo_once(s, (LOOP4, self.echo.port), b"alive")
+        relay = socks._orig_socket.getpeername(s)
+        s._proxyconn.close()  # the TCP control connection
+        s._proxyconn = None
+
+        def relay_closed():
+            # A closed relay port answers ICMP port unreachable: ECONNREFUSED.
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.connect(relay)
+                probe.send(b"\x00\x00\x00\x01\x7f\x00\x00\x01\x00\x07x")
+                probe.settimeout(0.2)
+                probe.recv(10)
+            except ConnectionRefusedError:
+                return True
+            except socket.timeout:
+                return False
+            finally:
+                probe.close()
+            return False
+
+        self.assertTrue(wait_until(relay_closed, 10), "relay port still open")
+        s.close()
+
+    def test_stats_count_associations(self):
+        with udp_client(self.proxy.port) as s:
+            self.echo_once(s, (LOOP4, self.echo.port), b"count me")
+        text = get_stats(self.proxy.api_port)
+        self.assertIn("UDP associations", text)
+
+
+class Disabled(IntegrationCase):
+    def test_udp_associate_is_refused_without_the_flag(self):
+        p = self.start_proxy()
+        with socket.create_connection((LOOP4, p.port), timeout=IO_TIMEOUT) as c:
+            c.sendall(b"\x05\x01\x00")
+            self.assertEqual(c.recv(2), b"\x05\x00")
+            c.sendall(b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+            self.assertEqual(c.recv(10)[:2], b"\x05\x07")  # command not supported
+
+
+@unittest.skipIf(socks is None, "python3-socks (PySocks) is not installed")
+class Limits(IntegrationCase):
+    def associate(self, port):
+        c = socket.create_connection((LOOP4, port), timeout=IO_TIMEOUT)
+        c.sendall(b"\x05\x01\x00")
+        self.assertEqual(c.recv(2), b"\x05\x00")
+        c.sendall(b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+        return c, c.recv(10)
+
+    def test_per_client_limit(self):
+        p = self.start_proxy("--enable-socks5-udp", "--udp-max-per-client", "1", api=True)
+        first, reply = self.associate(p.port)
+        with first:
+            self.assertEqual(reply[:2], b"\x05\x00")
+            # The relay is on the address the client reached, never the wildcard.
+            self.assertEqual(reply[3:8], b"\x01" + socket.inet_aton(LOOP4))
+            second, reply2 = self.associate(p.port)
+            with second:
+                self.assertEqual(reply2[:2], b"\x05\x01")  # general failure
+            self.assertIn("1 refused by limits", get_stats(p.api_port))
+        # The place is given back when the first association ends.
+        def admitted():
+            c, r = self.associate(p.port)
+            c.close()
+            return r[:2] == b"\x05\x00"
+        self.assertTrue(wait_until(admitted, 10))
+
+    def test_a_chain_cannot_carry_udp(self):
+        echo = UdpEcho(LOOP4)
+        self.addCleanup(echo.stop)
+        p = self.start_proxy("--enable-socks5-udp", "-x", f"http://{LOOP4}:{free_port()}")
+        with udp_client(p.port) as s:
+            s.settimeout(1.0)
+            s.sendto(b"through a chain", (LOOP4, echo.port))
+            with self.assertRaises(socket.timeout):
+                s.recvfrom(65535)
+        self.assertTrue(wait_until(lambda: "cannot carry UDP" in p.log_text(), 10))
+        self.assertEqual(echo.received, 0)
+
+
+RULESET = r"""
+-- DNS to one resolver only: UDP may reach RESOLVER:53 and nothing else; TCP
+-- goes anywhere.
+local RESOLVER = "%s"
+local ruleset = {}
+local function decide(addr, network)
+  if network ~= "udp" then return addr end
+  if addr == RESOLVER then return addr end
+  return nil
+end
+function ruleset.resolve(addr, user, pass, network) return decide(addr, network) end
+function ruleset.route(addr, user, pass, network) return decide(addr, network) end
+function ruleset.route6(addr, user, pass, network) return decide(addr, network) end
+return ruleset
+"""
+
+
+@unittest.skipIf(socks is None, "python3-socks (PySocks) is not installed")
+class Ruleset(IntegrationCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="rulesocks-udp-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.dns_port = free_port()
+        hosts = os.path.join(cls.dir, "hosts")
+        with open(hosts, "w") as f:
+            f.write("192.0.2.77 udp-test.example\n")
+        dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        if not os.access(dnsmasq, os.X_OK):
+            raise unittest.SkipTest("dnsmasq is not installed")
+        cls.dns = subprocess.Popen(
+            [dnsmasq, "--no-daemon", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+             "--addn-hosts=" + hosts, "--listen-address=127.0.0.3", "--bind-interfaces",
+             f"--port={cls.dns_port}", "--user=" + os.environ.get("USER", "root"),
+             "--pid-file=" + os.path.join(cls.dir, "dnsmasq.pid"), "--log-facility=-"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def stop_dns():
+            cls.dns.terminate()
+            try:
+                cls.dns.wait(5)
+            except subprocess.TimeoutExpired:
+                cls.dns.kill()
+                cls.dns.wait(5)
+        cls.addClassCleanup(stop_dns)
+        cls.echo = UdpEcho(LOOP4)
+        cls.addClassCleanup(cls.echo.stop)
+        path = os.path.join(cls.dir, "ruleset.lua")
+        with open(path, "w") as f:
+            f.write(RULESET % f"127.0.0.3:{cls.dns_port}")
+        cls.proxy = cls.start_class_proxy("--enable-socks5-udp", "-r", path, api=True)
+
+    def test_dns_query_to_the_allowed_resolver(self):
+        with udp_client(self.proxy.port) as s:
+            resp = None
+            # dnsmasq may still be starting: a few tries, each bounded.
+            s.settimeout(1.0)
+            for _ in range(10):
+                s.sendto(dns_query("udp-test.example"), ("127.0.0.3", self.dns_port))
+                try:
+                    resp, _ = s.recvfrom(65535)
+                    break
+                except socket.timeout:
+                    continue
+            self.assertIsNotNone(resp, "no DNS answer through the association")
+            self.assertEqual(resp[:2], b"\x12\x34")
+            self.assertEqual(dns_answer_a(resp), "192.0.2.77")
+
+    def test_other_destination_is_refused(self):
+        with udp_client(self.proxy.port) as s:
+            before = self.echo.received
+            s.settimeout(1.0)
+            for _ in range(3):
+                s.sendto(b"not allowed", (LOOP4, self.echo.port))
+            with self.assertRaises(socket.timeout):
+                s.recvfrom(65535)
+            self.assertEqual(self.echo.received, before)
+        self.assertRegex(get_stats(self.proxy.api_port), r"rejected [1-9]")
+        self.assertIn("udp", self.proxy.log_text())
+
+
+if __name__ == "__main__":
+    unittest.main()
