@@ -38,11 +38,27 @@ bool would_block(int e) {
 
 struct UdpAssociation::Dest {
   enum class State { kRouting, kResolving, kReady, kRejected } state = State::kRouting;
-  proto::Address asked;  // as the client wrote it
-  net::SockAddr addr;    // kReady: where its datagrams go
+  proto::Address asked;    // as the client wrote it
+  net::SockAddr addr;      // kReady, direct: where its datagrams go
+  Upstream* up = nullptr;  // through a socks5:// hop instead
+  proto::Address target;   // with `up`: the destination the hop is asked for
   std::unique_ptr<Cancellable> routing;
   std::unique_ptr<net::Resolver::Query> query;
   std::vector<std::string> pending;  // payloads held until kReady
+};
+
+struct UdpAssociation::Upstream {
+  Upstream(ev::Loop* loop, proto::ProxyUri uri)
+      : hop(std::move(uri)), control_io(loop), udp_io(loop) {}
+  enum class State { kDialing, kReady, kFailed } state = State::kDialing;
+  proto::ProxyUri hop;
+  std::unique_ptr<net::Dialer> dialer;
+  // The hop's association lives as long as this TCP connection.
+  UniqueFd control;
+  UniqueFd udp;  // connected to the hop's relay: only it can send to us here
+  ev::Io control_io, udp_io;
+  // What a reply whose header names an address (to_string()) is reported as.
+  std::unordered_map<std::string, proto::Address> replies;
 };
 
 std::unique_ptr<UdpAssociation> UdpAssociation::create(Server& server, int control_fd,
@@ -132,6 +148,12 @@ void UdpAssociation::stop() {
   for (auto& [key, d] : dests_) {
     server_.deferred().dispose(std::move(d->routing));
     server_.deferred().dispose(std::move(d->query));
+  }
+  for (auto& [key, up] : upstreams_) {
+    up->control_io.stop();
+    up->udp_io.stop();
+    if (up->dialer) up->dialer->cancel();
+    server_.deferred().dispose(std::move(up->dialer));
   }
 }
 
@@ -275,6 +297,10 @@ void UdpAssociation::on_routed(Dest& d, std::optional<ruleset::Decision> decisio
 
 void UdpAssociation::decide(Dest& d, proto::Address target,
                             const std::vector<proto::ProxyUri>& chain) {
+  if (chain.size() == 1 && chain[0].scheme == proto::ProxyUri::Scheme::kSocks5) {
+    via_upstream(d, std::move(target), chain[0]);
+    return;
+  }
   if (!chain.empty()) {
     log::warning("{}: udp {}: the proxy chain (first hop {}) cannot carry UDP: refused", peer_,
                  d.asked, chain.front().address());
@@ -307,14 +333,17 @@ void UdpAssociation::decide(Dest& d, proto::Address target,
 void UdpAssociation::ready(Dest& d, const net::SockAddr& addr) {
   const unsigned blocked = server_.dial_options().blocked_classes;
   const net::AddrClass cls = net::classify(addr);
-  if ((blocked & net::class_bit(cls)) != 0) {
+  // Through a hop, the hop's own policy applies (as for TCP chains).
+  if (d.up == nullptr && (blocked & net::class_bit(cls)) != 0) {
     reject(d, fmt::format("{} is a {} address (--block-outbound)", addr, net::to_string(cls)));
     return;
   }
   d.state = Dest::State::kReady;
-  d.addr = addr;
-  replies_.emplace(net::endpoint_key(addr), d.asked);
-  log::debug("{}: udp {} -> {}", peer_, d.asked, addr);
+  if (d.up == nullptr) {
+    d.addr = addr;
+    replies_.emplace(net::endpoint_key(addr), d.asked);
+    log::debug("{}: udp {} -> {}", peer_, d.asked, addr);
+  }
   std::vector<std::string> held = std::move(d.pending);
   d.pending.clear();
   for (const auto& p : held) {
@@ -353,6 +382,28 @@ int UdpAssociation::upstream_fd(int family) {
 
 void UdpAssociation::send_up(Dest& d, proto::Bytes payload) {
   auto& st = server_.stats().udp;
+  if (d.up != nullptr) {
+    if (d.up->state != Upstream::State::kReady) {
+      ++st.dropped_rejected;
+      return;
+    }
+    // Header for the hop, then the payload, in one datagram.
+    uint8_t* buf = scratch();
+    auto hlen = proto::put_socks5_udp_header({buf, kHeadroom}, d.target);
+    if (!hlen || payload.size() > kMaxDatagram) {
+      ++st.dropped_malformed;
+      return;
+    }
+    std::memcpy(buf + *hlen, payload.data(), payload.size());
+    ssize_t n = send(d.up->udp.get(), buf, *hlen + payload.size(), 0);
+    if (n < 0) {
+      ++(would_block(errno) ? st.dropped_overflow : st.dropped_rejected);
+      return;
+    }
+    ++st.datagrams_up;
+    st.bytes_up += payload.size();
+    return;
+  }
   int fd = upstream_fd(d.addr.family());
   if (fd < 0) {
     ++st.dropped_rejected;
@@ -394,20 +445,136 @@ void UdpAssociation::on_upstream_readable(int family) {
       ++st.dropped_unsolicited;
       continue;
     }
-    uint8_t head[proto::socks5_udp::kMaxHeader];
-    auto hlen = proto::put_socks5_udp_header(head, it->second);
-    if (!hlen) continue;  // cannot happen: the client wrote this address
-    uint8_t* start = payload - *hlen;
-    std::memcpy(start, head, *hlen);
-    const size_t total = *hlen + static_cast<size_t>(n);
-    ssize_t sent = sendto(relay_.get(), start, total, 0, client_.get(), client_.len);
-    if (sent < 0) {
-      ++st.dropped_overflow;
+    to_client(payload, static_cast<size_t>(n), it->second);
+  }
+}
+
+void UdpAssociation::to_client(uint8_t* payload, size_t n, const proto::Address& from) {
+  // `payload` has at least kHeadroom bytes of room before it, for the header.
+  auto& st = server_.stats().udp;
+  uint8_t head[proto::socks5_udp::kMaxHeader];
+  auto hlen = proto::put_socks5_udp_header(head, from);
+  if (!hlen) return;  // cannot happen: the client or a hop wrote this address
+  uint8_t* start = payload - *hlen;
+  std::memcpy(start, head, *hlen);
+  ssize_t sent = sendto(relay_.get(), start, *hlen + n, 0, client_.get(), client_.len);
+  if (sent < 0) {
+    ++st.dropped_overflow;
+    return;
+  }
+  touch();
+  ++st.datagrams_down;
+  st.bytes_down += n;
+}
+
+void UdpAssociation::via_upstream(Dest& d, proto::Address target, const proto::ProxyUri& hop) {
+  const std::string key = hop.to_string();
+  auto it = upstreams_.find(key);
+  if (it == upstreams_.end()) {
+    auto up = std::make_unique<Upstream>(server_.loop(), hop);
+    Upstream* u = up.get();
+    u->dialer =
+        std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
+    u->dialer->set_last_command(proto::socks5::kUdpAssociate);
+    it = upstreams_.emplace(key, std::move(up)).first;
+    // DST 0.0.0.0:0: our port is not known before the connection is made;
+    // the hop learns it from our first datagram.
+    u->dialer->start(proto::Address{proto::Ipv4{}, 0}, {hop}, &server_.protected_addresses(),
+                     [this, u](UniqueFd fd, net::DialError, const std::string& msg) {
+                       on_upstream_dialed(*u, std::move(fd), msg);
+                     });
+  }
+  Upstream& up = *it->second;
+  if (up.state == Upstream::State::kFailed) {
+    reject(d, "the socks5 hop " + hop.address().to_string() + " failed");
+    return;
+  }
+  d.up = &up;
+  d.target = std::move(target);
+  up.replies.emplace(d.target.to_string(), d.asked);
+  if (up.state == Upstream::State::kReady) {
+    ready(d, {});
+    return;
+  }
+  d.state = Dest::State::kResolving;  // held until the hop answers
+}
+
+void UdpAssociation::on_upstream_dialed(Upstream& up, UniqueFd fd, const std::string& error) {
+  const proto::Address bound = up.dialer ? up.dialer->last_bound() : proto::Address{};
+  server_.deferred().dispose(std::move(up.dialer));
+  if (ended_) return;
+  if (!fd) {
+    upstream_failed(up, error);
+    return;
+  }
+  // A hop that answers with the wildcard relays on the address we reached.
+  net::SockAddr relay = net::unmapped(net::peer_of(fd.get()));
+  if (bound.is_ipv4() && bound.host != proto::Address{}.host) {
+    relay = net::SockAddr::from(std::get<proto::Ipv4>(bound.host), bound.port);
+  } else if (bound.is_ipv6() && bound.host != decltype(bound.host){proto::Ipv6{}}) {
+    relay = net::unmapped(net::SockAddr::from(std::get<proto::Ipv6>(bound.host), bound.port));
+  } else {
+    relay.set_port(bound.port);
+  }
+  net::SockAddr local = net::unmapped(net::local_of(fd.get()));
+  local.set_port(0);
+  std::string err;
+  up.udp = net::open_udp(
+      local.family() == relay.family() ? local : net::any_address(relay.family()), &err);
+  if (up.udp && connect(up.udp.get(), relay.get(), relay.len) != 0)
+    err = std::string("connect: ") + std::strerror(errno), up.udp.reset();
+  if (!up.udp) {
+    upstream_failed(up, "udp socket for " + relay.to_string() + ": " + err);
+    return;
+  }
+  up.control = std::move(fd);
+  up.state = Upstream::State::kReady;
+  log::debug("{}: udp through {}: relay {}", peer_, up.hop.address(), relay);
+  Upstream* u = &up;
+  up.control_io.set_callback([this, u](int) {
+    char buf[512];
+    ssize_t n = recv(u->control.get(), buf, sizeof buf, 0);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) return;
+    upstream_failed(*u, "its control connection closed");
+  });
+  up.control_io.set(up.control.get(), EV_READ);
+  up.control_io.start();
+  up.udp_io.set_callback([this, u](int) { on_upstream_udp(*u); });
+  up.udp_io.set(up.udp.get(), EV_READ);
+  up.udp_io.start();
+  for (auto& [key, d] : dests_)
+    if (d->up == &up && d->state == Dest::State::kResolving) ready(*d, {});
+}
+
+void UdpAssociation::upstream_failed(Upstream& up, const std::string& why) {
+  log::info("{}: udp through the socks5 hop {}: {}", peer_, up.hop.address(), why);
+  up.state = Upstream::State::kFailed;
+  up.control_io.stop();
+  up.udp_io.stop();
+  for (auto& [key, d] : dests_)
+    if (d->up == &up && d->state != Dest::State::kRejected) reject(*d, "its socks5 hop failed");
+}
+
+void UdpAssociation::on_upstream_udp(Upstream& up) {
+  auto& st = server_.stats().udp;
+  uint8_t* buf = scratch();
+  uint8_t* in = buf + kHeadroom;
+  for (int i = 0; i < kBatch && !ended_; ++i) {
+    ssize_t n = recv(up.udp.get(), in, kMaxDatagram - kHeadroom, 0);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+      continue;  // an ICMP error for an earlier datagram
+    }
+    auto h = proto::parse_socks5_udp_header({in, static_cast<size_t>(n)});
+    if (!h.done() || h.value.frag != 0) {
+      ++(h.done() ? st.dropped_fragment : st.dropped_malformed);
       continue;
     }
-    touch();
-    ++st.datagrams_down;
-    st.bytes_down += static_cast<uint64_t>(n);
+    // Only the hop can send to this connected socket, and it vouches for the
+    // source it names; a name or rewrite is reported as the client wrote it.
+    auto it = up.replies.find(h.value.addr.to_string());
+    const proto::Address& from = it != up.replies.end() ? it->second : h.value.addr;
+    to_client(in + h.consumed, static_cast<size_t>(n) - h.consumed, from);
   }
 }
 

@@ -9,7 +9,10 @@
 // -x chain; names are resolved with the server's c-ares Resolver and the
 // answer is kept for the association's life. Datagrams go out from one
 // unconnected socket per address family; replies are only taken from
-// destinations the client sent to. Nothing is queued except datagrams whose
+// destinations the client sent to. A destination the ruleset sends through
+// one socks5:// hop goes through an association of our own with that hop (one
+// per hop, opened on first use, ended with ours); any other chain cannot carry
+// UDP and is refused. Nothing is queued except datagrams whose
 // destination is still being decided (--udp-max-pending bytes): a datagram
 // that cannot be sent at once is dropped and counted, as UDP may.
 //
@@ -32,6 +35,7 @@
 #include "core/cancellable.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/dialer.hpp"
 #include "net/resolver.hpp"
 #include "net/sockaddr.hpp"
 #include "proto/address.hpp"
@@ -68,6 +72,7 @@ class UdpAssociation {
 
  private:
   struct Dest;
+  struct Upstream;
   UdpAssociation(Server& server, const net::SockAddr& peer, const ClientRequest& request,
                  UdpAdmission::Ticket ticket);
 
@@ -85,6 +90,11 @@ class UdpAssociation {
   void ready(Dest& d, const net::SockAddr& addr);
   void reject(Dest& d, const std::string& why);
   void send_up(Dest& d, proto::Bytes payload);
+  void via_upstream(Dest& d, proto::Address target, const proto::ProxyUri& hop);
+  void on_upstream_dialed(Upstream& up, UniqueFd fd, const std::string& error);
+  void upstream_failed(Upstream& up, const std::string& why);
+  void on_upstream_udp(Upstream& up);
+  void to_client(uint8_t* payload, size_t n, const proto::Address& from);
   // The outbound socket of `family`, opened on first use; -1 on failure.
   int upstream_fd(int family);
 
@@ -105,6 +115,8 @@ class UdpAssociation {
   // What a reply from an endpoint (net::endpoint_key) is reported as: the
   // destination the client wrote, so that a rewrite or a name stays hidden.
   std::unordered_map<std::string, proto::Address> replies_;
+  // Our own associations with socks5:// hops, by hop URI.
+  std::unordered_map<std::string, std::unique_ptr<Upstream>> upstreams_;
   size_t pending_bytes_ = 0;
 };
 

@@ -284,6 +284,31 @@ class Limits(IntegrationCase):
         self.assertEqual(echo.received, 0)
 
 
+@unittest.skipIf(socks is None, "python3-socks (PySocks) is not installed")
+class Upstream(IntegrationCase):
+    """A second rulesocks as the socks5:// hop: the first opens its own association there."""
+
+    def test_through_a_socks5_upstream(self):
+        echo = UdpEcho(LOOP4)
+        self.addCleanup(echo.stop)
+        hop = self.start_proxy("--enable-socks5-udp", api=True, name="hop")
+        first = self.start_proxy("--enable-socks5-udp", "-x", f"socks5://{LOOP4}:{hop.port}",
+                                 api=True)
+        with udp_client(first.port) as s:
+            for i in range(20):
+                data, src = self.echo_once(s, (LOOP4, echo.port), b"via hop %d" % i)
+                self.assertEqual(data, b"via hop %d" % i)
+                self.assertEqual(src, (LOOP4, echo.port))
+            data, _ = self.echo_once(s, ("localhost", echo.port), b"name via hop")
+            self.assertEqual(data, b"name via hop")
+        # The hop relayed them: its counters saw the datagrams.
+        self.assertRegex(get_stats(hop.api_port), r"UDP datagrams\s*:?\s*up 2[1-9]")
+
+    def echo_once(self, s, dest, payload):
+        s.sendto(payload, dest)
+        return s.recvfrom(65535)
+
+
 RULESET = r"""
 -- DNS to one resolver only: UDP may reach RESOLVER:53 and nothing else; TCP
 -- goes anywhere.
