@@ -33,6 +33,7 @@ namespace rs::server {
 
 class Control;
 class Session;
+class UdpForwarder;
 
 enum class ListenerKind { kSocks, kHttp, kForward };
 
@@ -98,6 +99,8 @@ class Server {
   bool admit();
   // Tells the API whether any proxy listener is beyond loopback; warns.
   void check_exposure();
+  // -l udp://ADDR with -f TARGET (server/udp_forward.hpp).
+  void add_udp_forwarder(const std::string& listen);
 
   ev::Loop* loop_;
   const Config& cfg_;
@@ -119,6 +122,7 @@ class Server {
   double start_time_;
   std::unique_ptr<Control> control_;  // ruleset engine and API; before the sessions that use it
   std::vector<std::unique_ptr<net::Acceptor>> listeners_;
+  std::vector<std::unique_ptr<UdpForwarder>> udp_forwarders_;
   std::list<std::unique_ptr<Session>> sessions_;
   bool stopping_ = false;
 };

@@ -19,7 +19,7 @@ import threading
 import unittest
 import urllib.request
 
-from harness import (IO_TIMEOUT, LOOP4, LOOP6, IntegrationCase, free_port, has_ipv6_loopback,
+from harness import (BIN, IO_TIMEOUT, LOOP4, LOOP6, IntegrationCase, free_port, has_ipv6_loopback,
                      wait_until)
 
 try:
@@ -307,6 +307,37 @@ class Upstream(IntegrationCase):
     def echo_once(self, s, dest, payload):
         s.sendto(payload, dest)
         return s.recvfrom(65535)
+
+
+class Forwarding(IntegrationCase):
+    """-l udp://ADDR -f TARGET, driven by socat as the client."""
+
+    def test_socat_through_udp_forwarding(self):
+        socat = shutil.which("socat")
+        if socat is None:
+            self.skipTest("socat is not installed")
+        echo = UdpEcho(LOOP4)
+        self.addCleanup(echo.stop)
+        port = free_port()
+        p = self.start_proxy("-l", f"udp://{LOOP4}:{port}", "-f", f"{LOOP4}:{echo.port}",
+                             socks=False, api=True)
+        self.assertTrue(wait_until(lambda: "listening on udp://" in p.log_text(), 10))
+        # Two clients at once: each gets its own replies back.
+        outs = []
+        for tag in (b"alpha", b"beta"):
+            r = subprocess.run([socat, "-t", "2", "-T", "5", "-",
+                                f"UDP4:{LOOP4}:{port}"],
+                               input=tag * 100 + b"\n", capture_output=True, timeout=30)
+            outs.append(r.stdout)
+        self.assertEqual(outs[0], b"alpha" * 100 + b"\n")
+        self.assertEqual(outs[1], b"beta" * 100 + b"\n")
+        self.assertEqual(echo.received, 2)
+
+    def test_udp_listener_needs_a_target(self):
+        p = subprocess.run([BIN, "-l", f"udp://{LOOP4}:{free_port()}"], capture_output=True,
+                           timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"needs -f", p.stderr)
 
 
 RULESET = r"""
