@@ -143,6 +143,9 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
   app.add_flag_function(
       "--no-fastopen", [&](int64_t) { c.tcp_fastopen = false; },
       "do not set TCP_FASTOPEN on the proxy listeners (server-side TCP Fast Open, RFC 7413)");
+  app.add_flag("--enable-socks5-bind", c.socks5_bind, "serve SOCKS5 BIND (RFC 1928)");
+  app.add_flag("--socks5-bind-any-peer", c.bind_any_peer,
+               "let BIND take the connection from any peer, not only from DST.ADDR");
   app.add_flag("--enable-socks5-udp", c.udp.enable, "serve SOCKS5 UDP ASSOCIATE (RFC 1928)");
   app.add_option("--udp-advertise", c.udp.advertise,
                  "the relay IP that UDP ASSOCIATE replies give (behind NAT); default: the local "

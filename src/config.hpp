@@ -62,6 +62,8 @@ struct Config {
   // --block-outbound: the net::AddrClass bits no dial may reach.
   unsigned block_outbound = net::class_bit(net::AddrClass::kMulticast);
   UdpConfig udp;
+  bool socks5_bind = false;    // --enable-socks5-bind (server/socks5_bind.hpp)
+  bool bind_any_peer = false;  // --socks5-bind-any-peer: BIND takes a connection from anyone
 };
 
 // Parses argv. On --help/--version or an error, prints and returns the exit

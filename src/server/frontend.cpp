@@ -139,10 +139,11 @@ class Socks5Frontend final : public Frontend {
       return fail(proto::socks5_reply(rep, none), r.error);
     }
     const bool udp = r.value.command == proto::socks5::kUdpAssociate && opts_.udp_associate;
-    if (r.value.command != proto::socks5::kConnect && !udp)
+    const bool bind = r.value.command == proto::socks5::kBind && opts_.bind;
+    if (r.value.command != proto::socks5::kConnect && !udp && !bind)
       return fail(proto::socks5_reply(proto::socks5::kCommandNotSupported, none),
                   "socks5: command not supported");
-    return request(r.consumed, {std::move(r.value.target), username_, password_, udp});
+    return request(r.consumed, {std::move(r.value.target), username_, password_, udp, bind});
   }
 
   FrontendOptions opts_;

@@ -80,6 +80,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   pool_ = std::make_unique<UpstreamPool>(loop, kPooledUpstreams, cfg.timeout);
   frontend_.auth_required = cfg.auth_required;
   frontend_.udp_associate = cfg.udp.enable;
+  frontend_.bind = cfg.socks5_bind;
   udp_admission_.set_limits(cfg.udp.max_associations, cfg.udp.max_per_client);
   frontend_.want_credentials = cfg.auth_required || !cfg.ruleset.empty();
 

@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "core/log.hpp"
+#include "net/udp_socket.hpp"
 #include "proto/socks5.hpp"
 #include "ruleset/engine.hpp"
 #include "server/routing.hpp"
@@ -210,7 +211,58 @@ void Session::on_routed(std::optional<ruleset::Decision> d, const std::string& w
   dial(std::move(d->target), std::move(chain), rewritten);
 }
 
+void Session::bind(proto::Address peer, std::vector<proto::ProxyUri> chain) {
+  state_ = State::kDialing;
+  if (!chain.empty()) {
+    // Forwarded: the hop listens; its first reply goes to the client now, and
+    // its second reply reaches the client through the relay.
+    dialer_ =
+        std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
+    dialer_->set_last_command(proto::socks5::kBind);
+    dialer_->start(std::move(peer), std::move(chain), nullptr,
+                   [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                     if (err == net::DialError::kOk)
+                       success_reply_ = proto::socks5_reply(0, dialer_->last_bound());
+                     on_dialed(std::move(fd), err, msg);
+                   });
+    return;
+  }
+  std::optional<net::SockAddr> expect;
+  if (!server_.config().bind_any_peer) {
+    if (peer.is_domain()) {
+      reject(net::DialError::kAddressType, "socks5 bind: DST.ADDR must be an IP address");
+      return;
+    }
+    auto sa = peer.is_ipv4() ? net::SockAddr::from(std::get<proto::Ipv4>(peer.host), 0)
+                             : net::SockAddr::from(std::get<proto::Ipv6>(peer.host), 0);
+    if (!net::is_wildcard(sa)) expect = sa;
+  }
+  std::string err;
+  binder_ = BindListener::open(
+      server_.loop(), net::unmapped(net::local_of(client_.get())), expect,
+      [this](UniqueFd conn, const net::SockAddr& from) {
+        server_.deferred().dispose(std::move(binder_));
+        success_reply_ = proto::socks5_reply(0, from.to_address());
+        on_dialed(std::move(conn), net::DialError::kOk, {});
+      },
+      &err);
+  if (!binder_) {
+    reject(net::DialError::kGeneral, err);
+    return;
+  }
+  log::debug("{}: socks5 bind listening on {}", peer_, binder_->address());
+  if (!send_all(proto::socks5_reply(0, net::unmapped(binder_->address()).to_address()))) {
+    close();
+    return;
+  }
+  binder_->start();
+}
+
 void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api) {
+  if (request_.bind) {
+    bind(std::move(target), std::move(chain));
+    return;
+  }
   state_ = State::kDialing;
   log::debug("{}: dialing {}", peer_, target);
   dialer_ =
@@ -231,7 +283,8 @@ void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string
     reject(err, msg);
     return;
   }
-  if (frontend_ && !send_all(frontend_->reply(net::DialError::kOk))) {
+  if (frontend_ &&
+      !send_all(success_reply_.empty() ? frontend_->reply(net::DialError::kOk) : success_reply_)) {
     close();
     return;
   }
@@ -290,6 +343,8 @@ void Session::on_timeout() {
     if (dialer_) dialer_->cancel();
     server_.deferred().dispose(std::move(dialer_));
     server_.deferred().dispose(std::move(routing_));
+    if (binder_) binder_->stop();
+    server_.deferred().dispose(std::move(binder_));
     ++server_.stats().timed_out;
     reject(net::DialError::kTimeout, "timed out");
     return;
@@ -329,6 +384,8 @@ void Session::teardown() {
   server_.deferred().dispose(std::move(proxy_));
   if (udp_) udp_->stop();
   server_.deferred().dispose(std::move(udp_));
+  if (binder_) binder_->stop();
+  server_.deferred().dispose(std::move(binder_));
   client_.reset();
 }
 

@@ -20,6 +20,7 @@
 #include "ruleset/engine.hpp"
 #include "server/frontend.hpp"
 #include "server/http_proxy.hpp"
+#include "server/socks5_bind.hpp"
 #include "server/udp_associate.hpp"
 
 namespace rs::server {
@@ -48,6 +49,7 @@ class Session {
   void handle(Step step);
   void proxy_http();
   void associate_udp();
+  void bind(proto::Address peer, std::vector<proto::ProxyUri> chain);
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
@@ -75,8 +77,12 @@ class Session {
   std::unique_ptr<Cancellable> routing_;
   std::unique_ptr<net::Dialer> dialer_;
   std::unique_ptr<net::Relay> relay_;
-  std::unique_ptr<HttpProxy> proxy_;     // kProxying: owns the client socket
-  std::unique_ptr<UdpAssociation> udp_;  // kProxying: owns the control connection
+  std::unique_ptr<HttpProxy> proxy_;      // kProxying: owns the client socket
+  std::unique_ptr<UdpAssociation> udp_;   // kProxying: owns the control connection
+  std::unique_ptr<BindListener> binder_;  // kDialing for a direct BIND
+  // Sent instead of the frontend's success reply (BIND's second reply, or the
+  // first reply of a BIND forwarded to a hop).
+  std::string success_reply_;
   std::list<std::unique_ptr<Session>>::iterator self_;
 };
 

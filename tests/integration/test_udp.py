@@ -340,6 +340,88 @@ class Forwarding(IntegrationCase):
         self.assertIn(b"needs -f", p.stderr)
 
 
+def socks5_bind(proxy_port, expect_ip):
+    """Sends a SOCKS5 BIND for `expect_ip`; returns the control socket and the
+    first reply's (host, port)."""
+    c = socket.create_connection((LOOP4, proxy_port), timeout=IO_TIMEOUT)
+    c.sendall(b"\x05\x01\x00")
+    assert c.recv(2) == b"\x05\x00"
+    c.sendall(b"\x05\x02\x00\x01" + socket.inet_aton(expect_ip) + b"\x00\x00")
+    return c, read_socks5_reply(c)
+
+
+def recv_exact(c, n):
+    out = b""
+    while len(out) < n:
+        chunk = c.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("closed after %d of %d bytes" % (len(out), n))
+        out += chunk
+    return out
+
+
+def read_socks5_reply(c):
+    head = recv_exact(c, 4)
+    if head[1] != 0:
+        return head[1], None
+    assert head[3] == 1, head
+    addr = recv_exact(c, 6)
+    return 0, (socket.inet_ntoa(addr[:4]), struct.unpack(">H", addr[4:])[0])
+
+
+class Bind(IntegrationCase):
+    """SOCKS5 BIND, FTP-active style: the client asks the proxy to listen, tells
+    the "server" where, and the server connects back through the proxy."""
+
+    def ftp_active(self, proxy_port, server_ip=LOOP4):
+        control, (rep, where) = socks5_bind(proxy_port, server_ip)
+        with control:
+            self.assertEqual(rep, 0)
+            self.assertNotEqual(where[1], 0)
+            # The "server" connects to the address of the first reply.
+            with socket.create_connection(where, timeout=IO_TIMEOUT,
+                                          source_address=(server_ip, 0)) as data_conn:
+                rep2, peer = read_socks5_reply(control)
+                self.assertEqual(rep2, 0)
+                self.assertEqual(peer[0], server_ip)
+                data_conn.sendall(b"220 file contents\r\n")
+                self.assertEqual(recv_exact(control, 19), b"220 file contents\r\n")
+                control.sendall(b"ack")
+                self.assertEqual(recv_exact(data_conn, 3), b"ack")
+            return where
+
+    def test_bind_direct(self):
+        p = self.start_proxy("--enable-socks5-bind")
+        where = self.ftp_active(p.port)
+        self.assertEqual(where[0], LOOP4)  # the address the client came in on
+
+    def test_bind_refuses_an_unexpected_peer(self):
+        p = self.start_proxy("--enable-socks5-bind", "-t", "3")
+        control, (rep, where) = socks5_bind(p.port, "127.0.0.5")
+        with control:
+            self.assertEqual(rep, 0)
+            with socket.create_connection(where, timeout=IO_TIMEOUT,
+                                          source_address=("127.0.0.2", 0)) as intruder:
+                intruder.settimeout(IO_TIMEOUT)
+                self.assertEqual(intruder.recv(1), b"")  # closed by the proxy
+            # Nobody expected came within -t: the second reply says so.
+            rep2, _ = read_socks5_reply(control)
+            self.assertEqual(rep2, 6)  # TTL expired
+        self.assertIn("refused: expected 127.0.0.5", p.log_text())
+
+    def test_bind_disabled_by_default(self):
+        p = self.start_proxy()
+        control, (rep, _) = socks5_bind(p.port, LOOP4)
+        control.close()
+        self.assertEqual(rep, 7)
+
+    def test_bind_through_a_socks5_upstream(self):
+        hop = self.start_proxy("--enable-socks5-bind", name="hop")
+        first = self.start_proxy("--enable-socks5-bind", "-x", f"socks5://{LOOP4}:{hop.port}")
+        self.ftp_active(first.port)
+        self.assertIn("socks5 bind listening", hop.log_text())
+
+
 RULESET = r"""
 -- DNS to one resolver only: UDP may reach RESOLVER:53 and nothing else; TCP
 -- goes anywhere.
