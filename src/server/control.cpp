@@ -93,7 +93,7 @@ std::string Control::server_stats(bool incremental) {
   api::add_line(out, "API unauthorized", std::to_string(s.api_unauthorized));
   api::add_line(out, "DNS queries", std::to_string(server_.resolver().queries()));
   const UdpStats& u = s.udp;
-  if (server_.config().udp.enable) {
+  if (server_.config().udp.enable || u.datagrams_up + u.datagrams_down > 0) {
     api::add_line(out, "UDP associations",
                   fmt::format("{} ({} granted, {} refused by limits)", u.associations, u.associated,
                               u.refused));
