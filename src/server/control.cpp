@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <initializer_list>
 #include <iterator>
 #include <stdexcept>
+#include <string_view>
 #include <utility>
 
 #include "api/endpoints.hpp"
@@ -125,6 +127,17 @@ std::string Control::server_stats(bool incremental) {
   return out;
 }
 
+namespace {
+// One counter family with a label: its HELP and TYPE lines, then a sample per value.
+void add_labelled_counter(std::string& out, std::string_view name, std::string_view help,
+                          std::string_view label,
+                          std::initializer_list<std::pair<const char*, uint64_t>> samples) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} counter\n", name, help, name);
+  for (const auto& [value, n] : samples)
+    out += fmt::format("{}{{{}=\"{}\"}} {}\n", name, label, value, n);
+}
+}  // namespace
+
 std::string Control::server_metrics() {
   const Stats& s = server_.stats();
   std::string out;
@@ -140,16 +153,13 @@ std::string Control::server_metrics() {
                   "Proxy connections dropped by the session limits or accept errors.", s.refused);
   api::add_metric(out, "rulesocks_requests_total", "counter",
                   "Proxy handshakes that produced a request.", s.requests);
-  out +=
-      "# HELP rulesocks_request_outcomes_total Proxy requests ended, by outcome.\n"
-      "# TYPE rulesocks_request_outcomes_total counter\n";
-  const std::pair<const char*, uint64_t> outcomes[] = {{"success", s.success},
-                                                       {"rejected", s.rejected},
-                                                       {"dial_failed", s.dial_failed},
-                                                       {"timed_out", s.timed_out},
-                                                       {"bad", s.bad_requests}};
-  for (const auto& [outcome, n] : outcomes)
-    out += fmt::format("rulesocks_request_outcomes_total{{outcome=\"{}\"}} {}\n", outcome, n);
+  add_labelled_counter(out, "rulesocks_request_outcomes_total", "Proxy requests ended, by outcome.",
+                       "outcome",
+                       {{"success", s.success},
+                        {"rejected", s.rejected},
+                        {"dial_failed", s.dial_failed},
+                        {"timed_out", s.timed_out},
+                        {"bad", s.bad_requests}});
   api::add_metric(out, "rulesocks_uplink_bytes_total", "counter",
                   "Bytes relayed from clients to upstreams.", s.bytes_up);
   api::add_metric(out, "rulesocks_downlink_bytes_total", "counter",
@@ -176,15 +186,14 @@ std::string Control::server_metrics() {
                   "UDP payload bytes relayed from clients to destinations.", u.bytes_up);
   api::add_metric(out, "rulesocks_udp_downlink_bytes_total", "counter",
                   "UDP payload bytes relayed from destinations to clients.", u.bytes_down);
-  out +=
-      "# HELP rulesocks_udp_dropped_total UDP datagrams dropped, by reason.\n"
-      "# TYPE rulesocks_udp_dropped_total counter\n";
-  const std::pair<const char*, uint64_t> drops[] = {
-      {"foreign", u.dropped_foreign},     {"fragment", u.dropped_fragment},
-      {"malformed", u.dropped_malformed}, {"rejected", u.dropped_rejected},
-      {"overflow", u.dropped_overflow},   {"unsolicited", u.dropped_unsolicited}};
-  for (const auto& [reason, n] : drops)
-    out += fmt::format("rulesocks_udp_dropped_total{{reason=\"{}\"}} {}\n", reason, n);
+  add_labelled_counter(out, "rulesocks_udp_dropped_total", "UDP datagrams dropped, by reason.",
+                       "reason",
+                       {{"foreign", u.dropped_foreign},
+                        {"fragment", u.dropped_fragment},
+                        {"malformed", u.dropped_malformed},
+                        {"rejected", u.dropped_rejected},
+                        {"overflow", u.dropped_overflow},
+                        {"unsolicited", u.dropped_unsolicited}});
   api::add_metric(out, "rulesocks_dns_queries_total", "counter", "DNS queries started.",
                   server_.resolver().queries());
   api::add_metric(out, "rulesocks_dns_successes_total", "counter", "DNS queries that resolved.",
