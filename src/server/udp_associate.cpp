@@ -20,7 +20,8 @@ namespace {
 constexpr int kBatch = 64;
 // Destinations one association may have: each costs a routing and a map entry.
 constexpr size_t kMaxDestinations = 1024;
-// The largest UDP payload, after room for the longest SOCKS5 UDP header.
+// The largest UDP datagram, read after room for the longest SOCKS5 UDP
+// header: a header can then be put in front of a payload without copying it.
 constexpr size_t kMaxDatagram = 65535;
 constexpr size_t kHeadroom = proto::socks5_udp::kMaxHeader;
 
@@ -196,8 +197,8 @@ void UdpAssociation::on_client_readable() {
   for (int i = 0; i < kBatch && !ended_; ++i) {
     sockaddr_storage ss;
     socklen_t len = sizeof ss;
-    ssize_t n =
-        recvfrom(relay_.get(), buf, kMaxDatagram, 0, reinterpret_cast<sockaddr*>(&ss), &len);
+    ssize_t n = recvfrom(relay_.get(), buf + kHeadroom, kMaxDatagram, 0,
+                         reinterpret_cast<sockaddr*>(&ss), &len);
     if (n < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         log::debug("{}: udp relay recv: {}", peer_, std::strerror(errno));
@@ -214,7 +215,7 @@ void UdpAssociation::on_client_readable() {
       client_.set_port(from->port());
       client_port_known_ = true;
     }
-    from_client({buf, static_cast<size_t>(n)});
+    from_client({buf + kHeadroom, static_cast<size_t>(n)});
   }
 }
 
@@ -387,15 +388,18 @@ void UdpAssociation::send_up(Dest& d, proto::Bytes payload) {
       ++st.dropped_rejected;
       return;
     }
-    // Header for the hop, then the payload, in one datagram.
-    uint8_t* buf = scratch();
-    auto hlen = proto::put_socks5_udp_header({buf, kHeadroom}, d.target);
+    // Header for the hop, then the payload, in one datagram. The payload may
+    // already be in the scratch buffer (just received): memmove, not memcpy.
+    uint8_t head[proto::socks5_udp::kMaxHeader];
+    auto hlen = proto::put_socks5_udp_header(head, d.target);
     if (!hlen || payload.size() > kMaxDatagram) {
       ++st.dropped_malformed;
       return;
     }
-    std::memcpy(buf + *hlen, payload.data(), payload.size());
-    ssize_t n = send(d.up->udp.get(), buf, *hlen + payload.size(), 0);
+    uint8_t* at = scratch() + kHeadroom;
+    std::memmove(at, payload.data(), payload.size());
+    std::memcpy(at - *hlen, head, *hlen);
+    ssize_t n = send(d.up->udp.get(), at - *hlen, *hlen + payload.size(), 0);
     if (n < 0) {
       ++(would_block(errno) ? st.dropped_overflow : st.dropped_rejected);
       return;
@@ -431,8 +435,7 @@ void UdpAssociation::on_upstream_readable(int family) {
   for (int i = 0; i < kBatch && !ended_; ++i) {
     sockaddr_storage ss;
     socklen_t len = sizeof ss;
-    ssize_t n =
-        recvfrom(fd, payload, kMaxDatagram - kHeadroom, 0, reinterpret_cast<sockaddr*>(&ss), &len);
+    ssize_t n = recvfrom(fd, payload, kMaxDatagram, 0, reinterpret_cast<sockaddr*>(&ss), &len);
     if (n < 0) {
       // ECONNREFUSED and the like report an ICMP error for an earlier
       // datagram: UDP gives no way to tell the client, so it is skipped.
@@ -560,7 +563,7 @@ void UdpAssociation::on_upstream_udp(Upstream& up) {
   uint8_t* buf = scratch();
   uint8_t* in = buf + kHeadroom;
   for (int i = 0; i < kBatch && !ended_; ++i) {
-    ssize_t n = recv(up.udp.get(), in, kMaxDatagram - kHeadroom, 0);
+    ssize_t n = recv(up.udp.get(), in, kMaxDatagram, 0);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
       continue;  // an ICMP error for an earlier datagram

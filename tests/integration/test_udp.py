@@ -234,6 +234,52 @@ class Associate(IntegrationCase):
         self.assertIn("UDP associations", text)
 
 
+@unittest.skipIf(socks is None, "python3-socks (PySocks) is not installed")
+class Flood(IntegrationCase):
+    def test_a_datagram_flood_does_not_starve_tcp(self):
+        origin = self.start_class_origin()
+        echo = UdpEcho(LOOP4)
+        self.addCleanup(echo.stop)
+        p = self.start_proxy("--enable-socks5-udp", loglevel=4)
+        stop = threading.Event()
+        sent = [0]
+
+        def flood():
+            with udp_client(p.port) as s:
+                hdr = b"\x00\x00\x00\x01" + socket.inet_aton(LOOP4) + struct.pack(
+                    ">H", echo.port)
+                raw = socket.socket(fileno=os.dup(s.fileno()))
+                try:
+                    while not stop.is_set() and sent[0] < 200000:
+                        try:
+                            raw.send(hdr + b"x" * 512)
+                            sent[0] += 1
+                        except OSError:
+                            pass
+                finally:
+                    raw.close()
+
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        try:
+            self.assertTrue(wait_until(lambda: sent[0] > 2000 or not t.is_alive(), 30))
+            self.assertTrue(t.is_alive(), "the flood ended early")
+            # TCP requests through the same proxy complete while the flood runs.
+            for _ in range(5):
+                with socket.create_connection((LOOP4, p.port), timeout=IO_TIMEOUT) as c:
+                    c.sendall(b"\x05\x01\x00")
+                    self.assertEqual(recv_exact(c, 2), b"\x05\x00")
+                    c.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(LOOP4) +
+                              struct.pack(">H", origin.port))
+                    self.assertEqual(recv_exact(c, 10)[:2], b"\x05\x00")
+                    c.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                    self.assertTrue(recv_exact(c, 12).startswith(b"HTTP/1."))
+        finally:
+            stop.set()
+            t.join(30)
+        self.assertGreater(sent[0], 2000)
+
+
 class Disabled(IntegrationCase):
     def test_udp_associate_is_refused_without_the_flag(self):
         p = self.start_proxy()
