@@ -233,7 +233,8 @@ void UdpAssociation::from_client(proto::Bytes datagram) {
   }
   proto::Bytes payload = datagram.subspan(h.consumed);
   touch();
-  std::string key = h.value.addr.to_string();
+  // RSV(2) FRAG(1), then the address as written: the destination's key.
+  const std::string_view key(reinterpret_cast<const char*>(datagram.data()) + 3, h.consumed - 3);
   auto it = dests_.find(key);
   if (it == dests_.end()) {
     if (dests_.size() >= kMaxDestinations) {
@@ -242,7 +243,7 @@ void UdpAssociation::from_client(proto::Bytes datagram) {
     }
     auto d = std::make_unique<Dest>();
     d->asked = std::move(h.value.addr);
-    it = dests_.emplace(std::move(key), std::move(d)).first;
+    it = dests_.emplace(std::string(key), std::move(d)).first;
     Dest& dest = *it->second;
     dest.pending.emplace_back(reinterpret_cast<const char*>(payload.data()), payload.size());
     pending_bytes_ += payload.size();

@@ -29,6 +29,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -110,8 +111,14 @@ class UdpAssociation {
   double last_active_ = 0;
   bool ended_ = false;
   std::function<void()> on_end_;
-  // Destinations by the address the client wrote ("host:port").
-  std::unordered_map<std::string, std::unique_ptr<Dest>> dests_;
+  // Looked up by a string_view without building a std::string per datagram.
+  struct KeyHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  // Destinations by the header bytes that name them (ATYP DST.ADDR DST.PORT),
+  // as the client wrote them.
+  std::unordered_map<std::string, std::unique_ptr<Dest>, KeyHash, std::equal_to<>> dests_;
   // What a reply from an endpoint (net::endpoint_key) is reported as: the
   // destination the client wrote, so that a rewrite or a name stays hidden.
   std::unordered_map<std::string, proto::Address> replies_;
