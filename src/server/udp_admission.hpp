@@ -16,7 +16,14 @@ class UdpAdmission {
   class Ticket {
    public:
     Ticket(Ticket&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), ip_(std::move(o.ip_)) {}
-    Ticket& operator=(Ticket&&) = delete;
+    Ticket& operator=(Ticket&& o) noexcept {
+      if (this != &o) {
+        if (owner_) owner_->release(ip_);
+        owner_ = std::exchange(o.owner_, nullptr);
+        ip_ = std::move(o.ip_);
+      }
+      return *this;
+    }
     Ticket(const Ticket&) = delete;
     ~Ticket() {
       if (owner_) owner_->release(ip_);

@@ -161,7 +161,7 @@ void UdpAssociation::stop() {
 void UdpAssociation::end(const std::string& why) {
   if (ended_) return;
   ended_ = true;
-  log::verbose("{}: udp association ended: {}", peer_, why);
+  log::debug("{}: udp association ended: {}", peer_, why);
   stop();
   if (on_end_) on_end_();
 }

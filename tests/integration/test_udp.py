@@ -317,6 +317,45 @@ class Limits(IntegrationCase):
             return r[:2] == b"\x05\x00"
         self.assertTrue(wait_until(admitted, 10))
 
+    def test_advertise_and_idle_timeout(self):
+        echo = UdpEcho(LOOP4)
+        self.addCleanup(echo.stop)
+        p = self.start_proxy("--enable-socks5-udp", "--udp-advertise", "192.0.2.10",
+                             "--udp-timeout", "1")
+        c, reply = self.associate(p.port)
+        with c:
+            self.assertEqual(reply[:2], b"\x05\x00")
+            self.assertEqual(reply[3:8], b"\x01" + socket.inet_aton("192.0.2.10"))
+            # Idle for --udp-timeout: the association ends and closes its control connection.
+            c.settimeout(IO_TIMEOUT)
+            self.assertEqual(c.recv(1), b"")
+        self.assertTrue(wait_until(lambda: "idle timeout" in p.log_text(), 10))
+
+    @unittest.skipUnless(has_ipv6_loopback(), "no IPv6 loopback")
+    def test_ipv6_client(self):
+        echo = UdpEcho(LOOP6)
+        self.addCleanup(echo.stop)
+        port = free_port(socket.AF_INET6)
+        p = self.start_proxy("--enable-socks5-udp", "-l", f"[{LOOP6}]:{port}", socks=False,
+                             extra_ports=(port,))
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        u.bind((LOOP6, 0))
+        u.settimeout(IO_TIMEOUT)
+        with u, socket.create_connection((LOOP6, port), timeout=IO_TIMEOUT) as c:
+            c.sendall(b"\x05\x01\x00")
+            self.assertEqual(recv_exact(c, 2), b"\x05\x00")
+            c.sendall(b"\x05\x03\x00\x04" + b"\x00" * 16 + struct.pack(">H", u.getsockname()[1]))
+            reply = recv_exact(c, 22)
+            self.assertEqual(reply[:4], b"\x05\x00\x00\x04")
+            self.assertEqual(socket.inet_ntop(socket.AF_INET6, reply[4:20]), LOOP6)
+            relay = (LOOP6, struct.unpack(">H", reply[20:22])[0])
+            hdr = b"\x00\x00\x00\x04" + socket.inet_pton(socket.AF_INET6, LOOP6) + struct.pack(
+                ">H", echo.port)
+            u.sendto(hdr + b"six", relay)
+            data, src = u.recvfrom(65535)
+            self.assertEqual(src[:2], relay)
+            self.assertEqual(data, hdr + b"six")
+
     def test_a_chain_cannot_carry_udp(self):
         echo = UdpEcho(LOOP4)
         self.addCleanup(echo.stop)
