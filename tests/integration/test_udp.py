@@ -394,6 +394,35 @@ class Upstream(IntegrationCase):
         return s.recvfrom(65535)
 
 
+    def test_ruleset_rewrites_and_sends_through_the_hop(self):
+        echo = UdpEcho(LOOP4)
+        self.addCleanup(echo.stop)
+        hop = self.start_proxy("--enable-socks5-udp", name="hop")
+        d = tempfile.mkdtemp(prefix="rulesocks-udp-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "ruleset.lua")
+        with open(path, "w") as f:
+            f.write(f"""
+local ruleset = {{}}
+function ruleset.resolve(addr, user, pass, network)
+  if network == "udp" and addr == "echo.test:7" then
+    return "127.0.0.1:{echo.port}", "socks5://127.0.0.1:{hop.port}"
+  end
+  return nil
+end
+ruleset.route, ruleset.route6 = ruleset.resolve, ruleset.resolve
+return ruleset
+""")
+        first = self.start_proxy("--enable-socks5-udp", "-r", path)
+        with udp_client(first.port) as s:
+            data, src = self.echo_once(s, ("echo.test", 7), b"rewritten")
+            self.assertEqual(data, b"rewritten")
+            # The reply names the destination the client wrote, not the rewrite.
+            host = src[0].decode() if isinstance(src[0], bytes) else src[0]  # PySocks: bytes
+            self.assertEqual((host, src[1]), ("echo.test", 7))
+        self.assertEqual(echo.received, 1)
+        self.assertIn("socks5 udp associate", hop.log_text())
+
 class Forwarding(IntegrationCase):
     """-l udp://ADDR -f TARGET, driven by socat as the client."""
 
