@@ -129,6 +129,7 @@ bool UdpAssociation::start(UniqueFd control, std::function<void()> on_end) {
       static_cast<ssize_t>(reply.size()))
     return false;
   ++server_.stats().udp.associated;
+  ++server_.stats().success;  // the request was served, as a relayed CONNECT is
   log::info("{}: socks5 udp associate: relay {} (advertised {})", peer_, bound, advertised);
   control_io_.set(control_.get(), EV_READ);
   control_io_.start();
