@@ -512,22 +512,25 @@ void UdpAssociation::on_upstream_dialed(Upstream& up, UniqueFd fd, const std::st
     upstream_failed(up, error);
     return;
   }
-  // A hop that answers with the wildcard relays on the address we reached.
+  // The hop relays where its reply says; a wildcard (or a name) there means
+  // the address we reached it on.
   net::SockAddr relay = net::unmapped(net::peer_of(fd.get()));
-  if (bound.is_ipv4() && bound.host != proto::Address{}.host) {
-    relay = net::SockAddr::from(std::get<proto::Ipv4>(bound.host), bound.port);
-  } else if (bound.is_ipv6() && bound.host != decltype(bound.host){proto::Ipv6{}}) {
-    relay = net::unmapped(net::SockAddr::from(std::get<proto::Ipv6>(bound.host), bound.port));
-  } else {
-    relay.set_port(bound.port);
+  relay.set_port(bound.port);
+  if (!bound.is_domain()) {
+    const net::SockAddr said = net::unmapped(
+        bound.is_ipv4() ? net::SockAddr::from(std::get<proto::Ipv4>(bound.host), bound.port)
+                        : net::SockAddr::from(std::get<proto::Ipv6>(bound.host), bound.port));
+    if (!net::is_wildcard(said)) relay = said;
   }
   net::SockAddr local = net::unmapped(net::local_of(fd.get()));
   local.set_port(0);
   std::string err;
   up.udp = net::open_udp(
       local.family() == relay.family() ? local : net::any_address(relay.family()), &err);
-  if (up.udp && connect(up.udp.get(), relay.get(), relay.len) != 0)
-    err = std::string("connect: ") + std::strerror(errno), up.udp.reset();
+  if (up.udp && connect(up.udp.get(), relay.get(), relay.len) != 0) {
+    err = std::string("connect: ") + std::strerror(errno);
+    up.udp.reset();
+  }
   if (!up.udp) {
     upstream_failed(up, "udp socket for " + relay.to_string() + ": " + err);
     return;

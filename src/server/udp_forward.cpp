@@ -92,8 +92,10 @@ void UdpForwarder::on_listen_readable() {
       flow->client = *from;
       std::string err;
       flow->fd = net::open_udp(net::any_address(target_.family()), &err);
-      if (flow->fd && connect(flow->fd.get(), target_.get(), target_.len) != 0)
-        err = std::strerror(errno), flow->fd.reset();
+      if (flow->fd && connect(flow->fd.get(), target_.get(), target_.len) != 0) {
+        err = std::string("connect: ") + std::strerror(errno);
+        flow->fd.reset();
+      }
       if (!flow->fd) {
         log::warning("udp forward {} -> {}: {}", *from, target_, err);
         ++st.dropped_rejected;
