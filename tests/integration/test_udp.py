@@ -10,6 +10,7 @@ python3-socks (PySocks) talking through rulesocks to UDP servers on loopback.
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import struct
@@ -569,7 +570,7 @@ class Ruleset(IntegrationCase):
         cls.dns = subprocess.Popen(
             [dnsmasq, "--no-daemon", "--keep-in-foreground", "--no-resolv", "--no-hosts",
              "--addn-hosts=" + hosts, "--listen-address=127.0.0.3", "--bind-interfaces",
-             f"--port={cls.dns_port}", "--user=" + os.environ.get("USER", "root"),
+             f"--port={cls.dns_port}", "--user=" + pwd.getpwuid(os.geteuid()).pw_name,
              "--pid-file=" + os.path.join(cls.dir, "dnsmasq.pid"), "--log-facility=-"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
