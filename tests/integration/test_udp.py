@@ -8,7 +8,6 @@ python3-socks (PySocks) talking through rulesocks to UDP servers on loopback.
 """
 
 import hashlib
-import json
 import os
 import pwd
 import shutil
@@ -337,8 +336,8 @@ class Limits(IntegrationCase):
         echo = UdpEcho(LOOP6)
         self.addCleanup(echo.stop)
         port = free_port(socket.AF_INET6)
-        p = self.start_proxy("--enable-socks5-udp", "-l", f"[{LOOP6}]:{port}", socks=False,
-                             extra_ports=(port,))
+        self.start_proxy("--enable-socks5-udp", "-l", f"[{LOOP6}]:{port}", socks=False,
+                         extra_ports=(port,))
         u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         u.bind((LOOP6, 0))
         u.settimeout(IO_TIMEOUT)
