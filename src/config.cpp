@@ -200,6 +200,33 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
   app.add_flag_function(
       "--no-fastopen", [&](int64_t) { c.tcp_fastopen = false; },
       "do not set TCP_FASTOPEN on the proxy listeners (server-side TCP Fast Open, RFC 7413)");
+  app.add_flag("--enable-socks5-bind", c.socks5_bind, "serve SOCKS5 BIND (RFC 1928)");
+  app.add_flag("--socks5-bind-any-peer", c.bind_any_peer,
+               "let BIND take the connection from any peer, not only from DST.ADDR");
+  app.add_flag("--enable-socks5-udp", c.udp.enable, "serve SOCKS5 UDP ASSOCIATE (RFC 1928)");
+  app.add_option("--udp-advertise", c.udp.advertise,
+                 "the relay IP that UDP ASSOCIATE replies give (behind NAT); default: the local "
+                 "address the client reached")
+      ->type_name("IP");
+  app.add_option("--udp-timeout", c.udp.timeout,
+                 "seconds a UDP association may stay without a datagram either way")
+      ->check(CLI::Range(1.0, 86400.0))
+      ->capture_default_str();
+  app.add_option("--udp-max-associations", c.udp.max_associations,
+                 "refuse UDP ASSOCIATE beyond N live associations")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20))
+      ->type_name("N")
+      ->capture_default_str();
+  app.add_option("--udp-max-per-client", c.udp.max_per_client,
+                 "refuse UDP ASSOCIATE beyond N live associations from one client IP")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20))
+      ->type_name("N")
+      ->capture_default_str();
+  app.add_option("--udp-max-pending", c.udp.max_pending,
+                 "bytes of datagrams an association holds while routing a new destination")
+      ->check(CLI::Range(size_t{1024}, size_t{1} << 30))
+      ->type_name("BYTES")
+      ->capture_default_str();
 
   app.add_flag("--tproxy", c.tproxy,
                "transparent proxy (Linux TPROXY): the -l listeners take connections "
@@ -264,6 +291,12 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
     c.api_key.clear();
   if (app.count("--api-key") > 0 && app.count("--api-key-file") == 0) c.api_key_file.clear();
   key_file = c.api_key_file;
+  if (!c.udp.advertise.empty() && !proto::parse_ipv4(c.udp.advertise) &&
+      !proto::parse_ipv6(c.udp.advertise)) {
+    std::fprintf(stderr, "--udp-advertise: expected a numeric IP address, got \"%s\"\n",
+                 c.udp.advertise.c_str());
+    return 2;
+  }
   if (!key_file.empty() && !c.api_key.empty()) {
     std::fprintf(stderr, "give --api-key or --api-key-file, not both\n");
     return 2;

@@ -17,6 +17,18 @@ struct MaxStartups {
   bool enabled() const { return full > 0; }
 };
 
+// SOCKS5 UDP ASSOCIATE (server/udp_associate.hpp).
+struct UdpConfig {
+  bool enable = false;             // --enable-socks5-udp
+  std::string advertise;           // --udp-advertise IP: the relay address in the reply (NAT)
+  double timeout = 60.0;           // --udp-timeout: idle seconds before an association ends
+  size_t max_associations = 1024;  // --udp-max-associations: live ones in total
+  size_t max_per_client = 32;      // --udp-max-per-client: live ones per client IP
+  // --udp-max-pending: bytes of datagrams one association holds while their
+  // destination is being routed or resolved; more are dropped.
+  size_t max_pending = 256 * 1024;
+};
+
 struct Config {
   std::vector<std::string> listen;       // -l: SOCKS4/4A/5 (and HTTP CONNECT, sniffed) listeners
   std::vector<std::string> http_listen;  // --http ADDR: HTTP CONNECT listeners
@@ -70,6 +82,9 @@ struct Config {
   bool dump_config = false;  // --dump-config: print the options as a config file, exit
   // --block-outbound: the net::AddrClass bits no dial may reach.
   unsigned block_outbound = net::class_bit(net::AddrClass::kMulticast);
+  UdpConfig udp;
+  bool socks5_bind = false;    // --enable-socks5-bind (server/socks5_bind.hpp)
+  bool bind_any_peer = false;  // --socks5-bind-any-peer: BIND takes a connection from anyone
 };
 
 // Parses argv: -c FILE first (when given), then the flags, which override

@@ -267,16 +267,34 @@ const std::vector<Field>& fields() {
        }},
       // neosocksd features rulesocks does not have: false (what neosocksd's
       // --dump-config writes by default) is accepted, true refused.
-      {"socks5_bind",
-       [](Config&, const Value& v) {
-         if (expect_bool(v)) throw FieldError{"SOCKS5 BIND is not supported"};
+      {"socks5_bind", [](Config& c, const Value& v) { c.socks5_bind = expect_bool(v); },
+       [](const Config& c) { return boolean(c.socks5_bind); }},
+      {"socks5_bind_any_peer", [](Config& c, const Value& v) { c.bind_any_peer = expect_bool(v); },
+       [](const Config& c) { return boolean(c.bind_any_peer); }},
+      {"socks5_udp", [](Config& c, const Value& v) { c.udp.enable = expect_bool(v); },
+       [](const Config& c) { return boolean(c.udp.enable); }},
+      {"udp_advertise", [](Config& c, const Value& v) { c.udp.advertise = expect_string(v); },
+       [](const Config& c) { return str(c.udp.advertise); }},
+      {"udp_timeout",
+       [](Config& c, const Value& v) { c.udp.timeout = expect_number(v, 1.0, 86400.0); },
+       [](const Config& c) { return fmt::format("{:.17g}", c.udp.timeout); }},
+      {"udp_max_associations",
+       [](Config& c, const Value& v) {
+         c.udp.max_associations = static_cast<size_t>(expect_int(v, 1, 1 << 20));
        },
-       nullptr},
-      {"socks5_udp",
-       [](Config&, const Value& v) {
-         if (expect_bool(v)) throw FieldError{"SOCKS5 UDP ASSOCIATE is not supported"};
+       [](const Config& c) { return std::to_string(c.udp.max_associations); }},
+      {"udp_max_per_client",
+       [](Config& c, const Value& v) {
+         c.udp.max_per_client = static_cast<size_t>(expect_int(v, 1, 1 << 20));
        },
-       nullptr},
+       [](const Config& c) { return std::to_string(c.udp.max_per_client); }},
+      {"udp_max_pending",
+       [](Config& c, const Value& v) {
+         c.udp.max_pending = static_cast<size_t>(expect_int(v, 1024, 1 << 30));
+       },
+       [](const Config& c) { return std::to_string(c.udp.max_pending); }},
+      // neosocksd features rulesocks does not have: false (what neosocksd's
+      // --dump-config writes by default) is accepted, true refused.
       {"tcp_fastopen_connect",
        [](Config&, const Value& v) {
          if (expect_bool(v)) throw FieldError{"client-side TCP Fast Open is not supported"};

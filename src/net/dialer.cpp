@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/log.hpp"
+#include "proto/socks5.hpp"
 
 namespace rs::net {
 
@@ -172,8 +173,16 @@ void Dialer::begin_hop() {
     finish(DialError::kOk, {});
     return;
   }
-  const proto::Address next = hop_ + 1 < chain_.size() ? chain_[hop_ + 1].address() : target_;
-  hs_ = std::make_unique<HopHandshake>(chain_[hop_], next);
+  const bool last = hop_ + 1 == chain_.size();
+  const proto::Address next = last ? target_ : chain_[hop_ + 1].address();
+  if (last && last_command_ != proto::socks5::kConnect &&
+      chain_[hop_].scheme != proto::ProxyUri::Scheme::kSocks5) {
+    finish(DialError::kGeneral, fmt::format("{} is not a socks5 hop: it cannot BIND or carry UDP",
+                                            chain_[hop_].address()));
+    return;
+  }
+  hs_ = std::make_unique<HopHandshake>(chain_[hop_], next,
+                                       last ? last_command_ : proto::socks5::kConnect);
   stage_ = Stage::kHandshake;
   auto first = hs_->start();
   if (first.status == HopHandshake::Step::kError) {
@@ -247,6 +256,7 @@ void Dialer::on_io(int revents) {
     io_.modify(EV_WRITE);
     return;
   }
+  if (hop_ + 1 == chain_.size()) last_bound_ = hs_->bound();
   ++hop_;
   begin_hop();
 }

@@ -55,6 +55,12 @@ class Dialer {
   // (empty chain) to an address in `deny` fails with kNotAllowed.
   void start(proto::Address target, std::vector<proto::ProxyUri> chain,
              const std::vector<SockAddr>* deny, Callback cb);
+  // Before start(): the SOCKS5 command the last hop is sent instead of
+  // CONNECT (BIND, UDP ASSOCIATE), its DST being the target; a last hop that
+  // is not SOCKS5 then fails the dial.
+  void set_last_command(uint8_t socks5_command) { last_command_ = socks5_command; }
+  // In the callback, after success: the last hop's BND.ADDR/BND.PORT (SOCKS5).
+  const proto::Address& last_bound() const { return last_bound_; }
   // Stops everything now; the callback is not called. For owners that must
   // defer the destruction but not the cancellation.
   void cancel();
@@ -84,6 +90,8 @@ class Dialer {
   ev::Timer timer_;
   bool in_start_ = false;  // finish() must defer to later_
 
+  uint8_t last_command_ = 1;  // SOCKS5 CONNECT
+  proto::Address last_bound_;
   size_t hop_ = 0;  // index of the hop whose handshake is running
   std::unique_ptr<HopHandshake> hs_;
   std::string out_;          // handshake bytes not yet written

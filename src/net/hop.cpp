@@ -33,8 +33,8 @@ DialError from_errno(int err) {
   }
 }
 
-HopHandshake::HopHandshake(const proto::ProxyUri& hop, proto::Address next)
-    : hop_(hop), next_(std::move(next)) {}
+HopHandshake::HopHandshake(const proto::ProxyUri& hop, proto::Address next, uint8_t socks5_command)
+    : hop_(hop), next_(std::move(next)), command_(socks5_command) {}
 
 namespace {
 using Step = HopHandshake::Step;
@@ -106,7 +106,7 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
       if (r.value == proto::socks5::kMethodNoAuth) {
         stage_ = Stage::kSocks5Reply;
-        return send_request(hop_, next_, r.consumed, proto::socks5_request(next_));
+        return send_request(hop_, next_, r.consumed, proto::socks5_request(next_, command_));
       }
       if (r.value == proto::socks5::kMethodPassword && hop_.has_auth) {
         stage_ = Stage::kSocks5Auth;
@@ -126,7 +126,7 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
       if (r.status == ParseStatus::kError) return fail(DialError::kGeneral, where + ": " + r.error);
       if (!r.value) return fail(DialError::kNotAllowed, where + ": authentication failed");
       stage_ = Stage::kSocks5Reply;
-      return send_request(hop_, next_, r.consumed, proto::socks5_request(next_));
+      return send_request(hop_, next_, r.consumed, proto::socks5_request(next_, command_));
     }
     case Stage::kSocks5Reply: {
       auto r = proto::parse_socks5_reply(in);
@@ -136,6 +136,7 @@ Step HopHandshake::feed(std::span<const uint8_t> in) {
         auto e = from_socks5_rep(r.value.rep);
         return fail(e, where + ": " + to_string(e));
       }
+      bound_ = std::move(r.value.bound);
       return done(r.consumed);
     }
     case Stage::kHttpReply: {

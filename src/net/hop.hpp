@@ -15,7 +15,8 @@ namespace rs::net {
 class HopHandshake {
  public:
   // Asks the proxy `hop` to connect to `next` (the following hop or the target).
-  HopHandshake(const proto::ProxyUri& hop, proto::Address next);
+  // A SOCKS5 hop may be given another command (BIND, UDP ASSOCIATE) instead.
+  HopHandshake(const proto::ProxyUri& hop, proto::Address next, uint8_t socks5_command = 1);
 
   struct Step {
     enum Status { kNeedMore, kSend, kDone, kError } status = kNeedMore;
@@ -33,11 +34,16 @@ class HopHandshake {
   Step start();
   // Feeds everything received since the last consumed byte.
   Step feed(std::span<const uint8_t> in);
+  // After kDone from a SOCKS5 hop: BND.ADDR/BND.PORT of its reply (for BIND
+  // and UDP ASSOCIATE, where the hop listens or relays).
+  const proto::Address& bound() const { return bound_; }
 
  private:
   enum class Stage { kSocks4Reply, kSocks5Method, kSocks5Auth, kSocks5Reply, kHttpReply };
   proto::ProxyUri hop_;
   proto::Address next_;
+  uint8_t command_;
+  proto::Address bound_;
   Stage stage_{};
 };
 

@@ -286,7 +286,12 @@ std::unique_ptr<Cancellable> Engine::route(Request req, RouteCallback cb) {
     } else {
       lua_pushlstring(L, req.client.data(), req.client.size());
     }
-    id = rt_->start_job(JobKind::kRoute, 5, std::move(on_done), req.forwarder);
+    int nargs = 5;
+    if (req.udp) {
+      lua_pushliteral(L, "udp");
+      ++nargs;
+    }
+    id = rt_->start_job(JobKind::kRoute, nargs, std::move(on_done), req.forwarder);
   }
   return std::make_unique<JobHandle>(rt_, id);
 }

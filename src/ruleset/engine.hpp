@@ -72,6 +72,9 @@ struct Request {
   // The client's address ("192.0.2.7:56324"), the PROXY protocol's source
   // when the listener takes one: the callbacks' fourth argument. Empty: nil.
   std::string client;
+  // A destination of a SOCKS5 UDP association rather than a TCP connection:
+  // the callback gets "udp" as its fifth argument (nil for TCP).
+  bool udp = false;
   // Borrowed; must outlive the route handle. nullptr: await.forward raises
   // "the request is not forwardable".
   Forwarder* forwarder = nullptr;

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <initializer_list>
 #include <iterator>
 #include <stdexcept>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -136,6 +138,21 @@ std::string Control::server_stats(bool incremental) {
   api::add_line(out, "API requests", std::to_string(s.api_requests));
   api::add_line(out, "API unauthorized", std::to_string(s.api_unauthorized));
   api::add_line(out, "DNS queries", std::to_string(server_.resolver().queries()));
+  const UdpStats& u = s.udp;
+  if (server_.config().udp.enable || u.datagrams_up + u.datagrams_down > 0) {
+    api::add_line(out, "UDP associations",
+                  fmt::format("{} ({} granted, {} refused by limits)", u.associations, u.associated,
+                              u.refused));
+    api::add_line(out, "UDP datagrams",
+                  fmt::format("up {} ({}), down {} ({})", u.datagrams_up,
+                              api::format_bytes(static_cast<double>(u.bytes_up)), u.datagrams_down,
+                              api::format_bytes(static_cast<double>(u.bytes_down))));
+    api::add_line(out, "UDP dropped",
+                  fmt::format("foreign {}, fragment {}, malformed {}, rejected {}, overflow {}, "
+                              "unsolicited {}",
+                              u.dropped_foreign, u.dropped_fragment, u.dropped_malformed,
+                              u.dropped_rejected, u.dropped_overflow, u.dropped_unsolicited));
+  }
   if (incremental) {
     const double now = ev_now(server_.loop());
     const double dt = now - last_.time;
@@ -154,6 +171,17 @@ std::string Control::server_stats(bool incremental) {
   return out;
 }
 
+namespace {
+// One counter family with a label: its HELP and TYPE lines, then a sample per value.
+void add_labelled_counter(std::string& out, std::string_view name, std::string_view help,
+                          std::string_view label,
+                          std::initializer_list<std::pair<const char*, uint64_t>> samples) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} counter\n", name, help, name);
+  for (const auto& [value, n] : samples)
+    out += fmt::format("{}{{{}=\"{}\"}} {}\n", name, label, value, n);
+}
+}  // namespace
+
 std::string Control::server_metrics() {
   const Stats& s = server_.stats();
   std::string out;
@@ -169,16 +197,13 @@ std::string Control::server_metrics() {
                   "Proxy connections dropped by the session limits or accept errors.", s.refused);
   api::add_metric(out, "rulesocks_requests_total", "counter",
                   "Proxy handshakes that produced a request.", s.requests);
-  out +=
-      "# HELP rulesocks_request_outcomes_total Proxy requests ended, by outcome.\n"
-      "# TYPE rulesocks_request_outcomes_total counter\n";
-  const std::pair<const char*, uint64_t> outcomes[] = {{"success", s.success},
-                                                       {"rejected", s.rejected},
-                                                       {"dial_failed", s.dial_failed},
-                                                       {"timed_out", s.timed_out},
-                                                       {"bad", s.bad_requests}};
-  for (const auto& [outcome, n] : outcomes)
-    out += fmt::format("rulesocks_request_outcomes_total{{outcome=\"{}\"}} {}\n", outcome, n);
+  add_labelled_counter(out, "rulesocks_request_outcomes_total", "Proxy requests ended, by outcome.",
+                       "outcome",
+                       {{"success", s.success},
+                        {"rejected", s.rejected},
+                        {"dial_failed", s.dial_failed},
+                        {"timed_out", s.timed_out},
+                        {"bad", s.bad_requests}});
   api::add_metric(out, "rulesocks_uplink_bytes_total", "counter",
                   "Bytes relayed from clients to upstreams.", s.bytes_up);
   api::add_metric(out, "rulesocks_downlink_bytes_total", "counter",
@@ -189,6 +214,30 @@ std::string Control::server_metrics() {
                   "API requests answered with a 2xx status.", s.api_successes);
   api::add_metric(out, "rulesocks_api_unauthorized_total", "counter",
                   "API requests refused 401 or 403 by the access rules.", s.api_unauthorized);
+  const UdpStats& u = s.udp;
+  api::add_metric(out, "rulesocks_udp_associations", "gauge", "Live SOCKS5 UDP associations.",
+                  u.associations);
+  api::add_metric(out, "rulesocks_udp_associations_total", "counter",
+                  "SOCKS5 UDP associations granted.", u.associated);
+  api::add_metric(out, "rulesocks_udp_associations_refused_total", "counter",
+                  "SOCKS5 UDP associations refused by --udp-max-associations/--udp-max-per-client.",
+                  u.refused);
+  api::add_metric(out, "rulesocks_udp_uplink_datagrams_total", "counter",
+                  "UDP datagrams relayed from clients to destinations.", u.datagrams_up);
+  api::add_metric(out, "rulesocks_udp_downlink_datagrams_total", "counter",
+                  "UDP datagrams relayed from destinations to clients.", u.datagrams_down);
+  api::add_metric(out, "rulesocks_udp_uplink_bytes_total", "counter",
+                  "UDP payload bytes relayed from clients to destinations.", u.bytes_up);
+  api::add_metric(out, "rulesocks_udp_downlink_bytes_total", "counter",
+                  "UDP payload bytes relayed from destinations to clients.", u.bytes_down);
+  add_labelled_counter(out, "rulesocks_udp_dropped_total", "UDP datagrams dropped, by reason.",
+                       "reason",
+                       {{"foreign", u.dropped_foreign},
+                        {"fragment", u.dropped_fragment},
+                        {"malformed", u.dropped_malformed},
+                        {"rejected", u.dropped_rejected},
+                        {"overflow", u.dropped_overflow},
+                        {"unsolicited", u.dropped_unsolicited}});
   api::add_metric(out, "rulesocks_dns_queries_total", "counter", "DNS queries started.",
                   server_.resolver().queries());
   api::add_metric(out, "rulesocks_dns_successes_total", "counter", "DNS queries that resolved.",

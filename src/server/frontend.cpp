@@ -138,10 +138,12 @@ class Socks5Frontend final : public Frontend {
       uint8_t rep = r.code ? static_cast<uint8_t>(r.code) : proto::socks5::kGeneralFailure;
       return fail(proto::socks5_reply(rep, none), r.error);
     }
-    if (r.value.command != proto::socks5::kConnect)
+    const bool udp = r.value.command == proto::socks5::kUdpAssociate && opts_.udp_associate;
+    const bool bind = r.value.command == proto::socks5::kBind && opts_.bind;
+    if (r.value.command != proto::socks5::kConnect && !udp && !bind)
       return fail(proto::socks5_reply(proto::socks5::kCommandNotSupported, none),
                   "socks5: command not supported");
-    return request(r.consumed, {std::move(r.value.target), username_, password_});
+    return request(r.consumed, {std::move(r.value.target), username_, password_, udp, bind});
   }
 
   FrontendOptions opts_;

@@ -17,6 +17,12 @@ namespace rs::server {
 struct ClientRequest {
   proto::Address target;
   std::optional<std::string> username, password;
+  // SOCKS5 UDP ASSOCIATE (with --enable-socks5-udp): `target` is where the
+  // client says it will send from (0.0.0.0:0 when it does not know).
+  bool udp_associate = false;
+  // SOCKS5 BIND (with --enable-socks5-bind): `target` is the peer expected
+  // to connect.
+  bool bind = false;
 };
 
 struct Step {
@@ -38,6 +44,8 @@ struct Step {
 struct FrontendOptions {
   bool auth_required = false;     // refuse clients that offer no credentials
   bool want_credentials = false;  // ask for credentials when the client offers them
+  bool udp_associate = false;     // accept SOCKS5 UDP ASSOCIATE (--enable-socks5-udp)
+  bool bind = false;              // accept SOCKS5 BIND (--enable-socks5-bind)
 };
 
 class Frontend {

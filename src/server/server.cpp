@@ -15,6 +15,7 @@
 #include "core/log.hpp"
 #include "server/control.hpp"
 #include "server/session.hpp"
+#include "server/udp_forward.hpp"
 
 namespace rs::server {
 namespace {
@@ -107,6 +108,9 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   // Idle upstream connections live as long as idle client ones (-t).
   pool_ = std::make_unique<UpstreamPool>(loop, kPooledUpstreams, cfg.timeout);
   frontend_.auth_required = cfg.auth_required;
+  frontend_.udp_associate = cfg.udp.enable;
+  frontend_.bind = cfg.socks5_bind;
+  udp_admission_.set_limits(cfg.udp.max_associations, cfg.udp.max_per_client);
   frontend_.want_credentials = cfg.auth_required || !cfg.ruleset.empty();
 
   if (!cfg.proxy.empty()) {
@@ -172,14 +176,32 @@ Server::Server(ev::Loop* loop, const Config& cfg)
                 : kind == ListenerKind::kTransparent ? "transparent proxy, --tproxy"
                                                      : "SOCKS4/4A/5");
   };
-  for (const auto& l : cfg.listen)
+  for (const auto& l : cfg.listen) {
+    if (l.starts_with("udp://")) {
+      add_udp_forwarder(l.substr(6));
+      continue;
+    }
     add(l, forward_       ? ListenerKind::kForward
            : cfg.tproxy   ? ListenerKind::kTransparent
            : cfg.http_all ? ListenerKind::kHttp
                           : ListenerKind::kSocks);
+  }
   for (const auto& l : cfg.http_listen) add(l, ListenerKind::kHttp);
   for (auto& l : listeners_) l->start();
+  for (auto& f : udp_forwarders_) f->start();
   check_exposure();
+}
+
+void Server::add_udp_forwarder(const std::string& listen) {
+  // Datagrams go straight to the -f target: nothing else can carry them.
+  if (!forward_ || forward_by_ruleset_)
+    throw std::runtime_error("-l udp://" + listen + " needs -f HOST:PORT (the forward target)");
+  if (!chain_.empty())
+    throw std::runtime_error("-l udp://" + listen + ": -x cannot carry UDP forwarding");
+  udp_forwarders_.push_back(
+      std::make_unique<UdpForwarder>(*this, parse_listen(listen), parse_listen(cfg_.forward)));
+  log::notice("listening on udp://{} (forward to {})", udp_forwarders_.back()->address(),
+              cfg_.forward);
 }
 
 // Without an API key, the API is served through the proxy only while no
@@ -217,6 +239,7 @@ void Server::shutdown() {
   if (stopping_) return;
   stopping_ = true;
   for (auto& l : listeners_) l->stop();
+  for (auto& f : udp_forwarders_) f->stop();
   control_->stop();
   // close() only queues the removal; drain runs it.
   for (auto& s : sessions_) s->close();

@@ -22,6 +22,7 @@
 #include "proto/proxy_uri.hpp"
 #include "server/frontend.hpp"
 #include "server/stats.hpp"
+#include "server/udp_admission.hpp"
 #include "server/upstream_pool.hpp"
 
 namespace rs::ruleset {
@@ -32,6 +33,7 @@ namespace rs::server {
 
 class Control;
 class Session;
+class UdpForwarder;
 
 // kTransparent: --tproxy, the target is the connection's original destination.
 enum class ListenerKind { kSocks, kHttp, kForward, kTransparent };
@@ -87,6 +89,8 @@ class Server {
   // Our own connections to the API, recorded by every Dialer that uses
   // dial_options() and looked up by the API (see self_connections.hpp).
   net::SelfConnections& self_connections() { return self_; }
+  // Live SOCKS5 UDP associations against --udp-max-associations / --udp-max-per-client.
+  UdpAdmission& udp_admission() { return udp_admission_; }
 
  private:
   // An accepted client socket: admitted (then owned by a new session) or closed.
@@ -99,6 +103,8 @@ class Server {
   bool admit();
   // Tells the API whether any proxy listener is beyond loopback; warns.
   void check_exposure();
+  // -l udp://ADDR with -f TARGET (server/udp_forward.hpp).
+  void add_udp_forwarder(const std::string& listen);
 
   ev::Loop* loop_;
   const Config& cfg_;
@@ -113,12 +119,14 @@ class Server {
   std::vector<net::SockAddr> protected_;
   net::SelfConnections self_;  // before control_ (the API) and the sessions that dial
   Stats stats_;
+  UdpAdmission udp_admission_;  // before the sessions, whose associations hold tickets
   std::unique_ptr<UpstreamPool> pool_;
   size_t fd_sessions_;  // sessions_for_fd_limit() of RLIMIT_NOFILE at start-up
   double last_fd_warning_ = -1e9;
   double start_time_;
   std::unique_ptr<Control> control_;  // ruleset engine and API; before the sessions that use it
   std::vector<std::unique_ptr<net::Acceptor>> listeners_;
+  std::vector<std::unique_ptr<UdpForwarder>> udp_forwarders_;
   std::list<std::unique_ptr<Session>> sessions_;
   bool stopping_ = false;
 };

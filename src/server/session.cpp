@@ -8,7 +8,9 @@
 #include <iterator>
 
 #include "core/log.hpp"
+#include "net/udp_socket.hpp"
 #include "proto/proxy_protocol.hpp"
+#include "proto/socks5.hpp"
 #include "ruleset/engine.hpp"
 #include "server/forward_dial.hpp"
 #include "server/routing.hpp"
@@ -214,6 +216,10 @@ void Session::handle(Step step) {
     case Step::kRequest:
       request_ = std::move(step.request);
       ++server_.stats().requests;
+      if (request_.udp_associate) {
+        associate_udp();
+        return;
+      }
       route();
       return;
   }
@@ -229,6 +235,22 @@ void Session::proxy_http() {
                                        [this] { close(); });
   in_.clear();
   proxy_->start();
+}
+
+void Session::associate_udp() {
+  uint8_t rep = 0;
+  std::string why;
+  udp_ = UdpAssociation::create(server_, client_.get(), peer_, request_, &rep, &why);
+  if (!udp_) {
+    log::info("{}: socks5 udp associate: {}", peer_, why);
+    fail(proto::socks5_reply(rep, proto::Address{proto::Ipv4{}, 0}), why);
+    return;
+  }
+  leave_halfopen();
+  io_.stop();
+  timer_.stop();
+  state_ = State::kProxying;
+  if (!udp_->start(std::move(client_), [this] { close(); })) close();
 }
 
 void Session::route() {
@@ -261,7 +283,58 @@ void Session::on_routed(std::optional<ruleset::Decision> d, const std::string& w
   dial(std::move(d->target), std::move(chain), rewritten);
 }
 
+void Session::bind(proto::Address peer, std::vector<proto::ProxyUri> chain) {
+  state_ = State::kDialing;
+  if (!chain.empty()) {
+    // Forwarded: the hop listens; its first reply goes to the client now, and
+    // its second reply reaches the client through the relay.
+    dialer_ =
+        std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
+    dialer_->set_last_command(proto::socks5::kBind);
+    dialer_->start(std::move(peer), std::move(chain), nullptr,
+                   [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                     if (err == net::DialError::kOk)
+                       success_reply_ = proto::socks5_reply(0, dialer_->last_bound());
+                     on_dialed(std::move(fd), err, msg);
+                   });
+    return;
+  }
+  std::optional<net::SockAddr> expect;
+  if (!server_.config().bind_any_peer) {
+    if (peer.is_domain()) {
+      reject(net::DialError::kAddressType, "socks5 bind: DST.ADDR must be an IP address");
+      return;
+    }
+    auto sa = peer.is_ipv4() ? net::SockAddr::from(std::get<proto::Ipv4>(peer.host), 0)
+                             : net::SockAddr::from(std::get<proto::Ipv6>(peer.host), 0);
+    if (!net::is_wildcard(sa)) expect = sa;
+  }
+  std::string err;
+  binder_ = BindListener::open(
+      server_.loop(), net::unmapped(net::local_of(client_.get())), expect,
+      [this](UniqueFd conn, const net::SockAddr& from) {
+        server_.deferred().dispose(std::move(binder_));
+        success_reply_ = proto::socks5_reply(0, from.to_address());
+        relay(std::move(conn));
+      },
+      &err);
+  if (!binder_) {
+    reject(net::DialError::kGeneral, err);
+    return;
+  }
+  log::debug("{}: socks5 bind listening on {}", peer_, binder_->address());
+  if (!send_all(proto::socks5_reply(0, net::unmapped(binder_->address()).to_address()))) {
+    close();
+    return;
+  }
+  binder_->start();
+}
+
 void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api) {
+  if (request_.bind) {
+    bind(std::move(target), std::move(chain));
+    return;
+  }
   state_ = State::kDialing;
   log::debug("{}: dialing {}", peer_, target);
   dialer_ =
@@ -307,12 +380,14 @@ void Session::forward_commit(UniqueFd fd, ruleset::Decision d) {
 }
 
 void Session::relay(UniqueFd upstream) {
-  if (!send_proxy_header(upstream.get())) {
+  // A BIND's peer connected to us: it is no target to tell who the client is.
+  if (!request_.bind && !send_proxy_header(upstream.get())) {
     ++server_.stats().dial_failed;
     reject(net::DialError::kGeneral, "cannot send the PROXY header to the target");
     return;
   }
-  if (frontend_ && !send_all(frontend_->reply(net::DialError::kOk))) {
+  if (frontend_ &&
+      !send_all(success_reply_.empty() ? frontend_->reply(net::DialError::kOk) : success_reply_)) {
     close();
     return;
   }
@@ -389,6 +464,8 @@ void Session::on_timeout() {
     if (dialer_) dialer_->cancel();
     server_.deferred().dispose(std::move(dialer_));
     server_.deferred().dispose(std::move(routing_));
+    if (binder_) binder_->stop();
+    server_.deferred().dispose(std::move(binder_));
     ++server_.stats().timed_out;
     reject(net::DialError::kTimeout, "timed out");
     return;
@@ -429,6 +506,10 @@ void Session::teardown() {
   server_.deferred().dispose(std::move(relay_));
   if (proxy_) proxy_->stop();
   server_.deferred().dispose(std::move(proxy_));
+  if (udp_) udp_->stop();
+  server_.deferred().dispose(std::move(udp_));
+  if (binder_) binder_->stop();
+  server_.deferred().dispose(std::move(binder_));
   client_.reset();
 }
 

@@ -20,6 +20,8 @@
 #include "ruleset/engine.hpp"
 #include "server/frontend.hpp"
 #include "server/http_proxy.hpp"
+#include "server/socks5_bind.hpp"
+#include "server/udp_associate.hpp"
 
 namespace rs::server {
 
@@ -51,6 +53,8 @@ class Session : private ruleset::Forwarder {
   void on_timeout();
   void handle(Step step);
   void proxy_http();
+  void associate_udp();
+  void bind(proto::Address peer, std::vector<proto::ProxyUri> chain);
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
@@ -91,7 +95,12 @@ class Session : private ruleset::Forwarder {
   std::string dial_label_;  // the dial's chain, for metrics
   double dial_started_ = 0;
   std::unique_ptr<net::Relay> relay_;
-  std::unique_ptr<HttpProxy> proxy_;  // kProxying: owns the client socket
+  std::unique_ptr<HttpProxy> proxy_;      // kProxying: owns the client socket
+  std::unique_ptr<UdpAssociation> udp_;   // kProxying: owns the control connection
+  std::unique_ptr<BindListener> binder_;  // kDialing for a direct BIND
+  // Sent instead of the frontend's success reply (BIND's second reply, or the
+  // first reply of a BIND forwarded to a hop).
+  std::string success_reply_;
   std::list<std::unique_ptr<Session>>::iterator self_;
 };
 

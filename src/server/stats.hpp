@@ -8,6 +8,8 @@
 #include <map>
 #include <string>
 
+#include "server/udp_stats.hpp"
+
 namespace rs::server {
 
 // Dials through one upstream chain (label: its hops without credentials).
@@ -68,6 +70,7 @@ struct Stats {
   std::array<double, kLatencySamples> connect_latency{};
   uint64_t connects = 0;
   double connect_latency_sum = 0;
+  UdpStats udp;
 };
 
 }  // namespace rs::server

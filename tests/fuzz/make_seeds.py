@@ -126,6 +126,19 @@ SEEDS = {
         "reply_refused_v6": b(5, 5, 0, s5addr("v6", V6, 1080)),
         "reply_name": b(5, 0, 0, s5addr("name", "bound.example", 1080)),
     },
+    # socks5_udp: one whole datagram (RSV FRAG ATYP ADDR PORT DATA).
+    "socks5_udp": {
+        "ipv4_dns": b(0, 0, 0, s5addr("v4", [127, 0, 0, 1], 53), "\x12\x34\x01\x00"),
+        "ipv6_empty_payload": b(0, 0, 0, s5addr("v6", V6, 443)),
+        "name": b(0, 0, 0, s5addr("name", "example.org", 7), "ping"),
+        "name_255": b(0, 0, 0, s5addr("name", "a" * 255, 7)),
+        "numeric_name": b(0, 0, 0, s5addr("name", "10.0.0.1", 7)),
+        "fragment": b(0, 0, 0x81, s5addr("v4", [1, 2, 3, 4], 9), "x"),
+        "bad_atyp": b(0, 0, 0, 9, 1, 2, 3, 4, 0, 1),
+        "empty_name": b(0, 0, 0, 3, 0, 0, 1),
+        "short": b(0, 0, 0, 1, 127, 0),
+        "empty": "",
+    },
     # http_forward: one option byte (bit 0: the response answers HEAD), then a
     # request or response head and body bytes.
     "http_forward": {

@@ -96,7 +96,9 @@ class BadConfig(ConfigCase):
         self.check('return { listen = "127.0.0.1:1", loglevel = 9 }',
                    "field `loglevel' is out of range")
         self.check('return { listen = "127.0.0.1:1", on = print }', "field `on' has the wrong type")
-        self.check('return { listen = "127.0.0.1:1", socks5_udp = true }', "not supported")
+        self.check('return { listen = "127.0.0.1:1", tcp_fastopen_connect = true }', "not supported")
+        self.check('return { listen = "127.0.0.1:1", udp_timeout = 0 }',
+                   "field `udp_timeout' is out of range")
 
     def test_chunk_errors(self):
         self.check("return {", "unexpected symbol")

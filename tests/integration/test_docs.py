@@ -158,7 +158,8 @@ def listen_ports(args):
             value = args[i + 1]
         elif a.startswith(tuple(f + "=" for f in LISTEN_FLAGS if f.startswith("--"))):
             value = a.split("=", 1)[1]
-        if value and ":" in value:
+        # A udp:// listener is no TCP port to wait for.
+        if value and ":" in value and not value.startswith("udp://"):
             ports.append(int(value.rsplit(":", 1)[1]))
     return ports
 

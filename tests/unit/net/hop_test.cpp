@@ -86,6 +86,21 @@ TEST(HopHandshake, Socks5NoAuth) {
   EXPECT_EQ(s.status, Step::kDone);
 }
 
+TEST(HopHandshake, Socks5OtherCommandsReportTheBoundAddress) {
+  for (uint8_t cmd : {proto::socks5::kBind, proto::socks5::kUdpAssociate}) {
+    HopHandshake hs(uri("socks5://127.0.0.1:1080"), target("0.0.0.0:0"), cmd);
+    EXPECT_EQ(start(hs), str({5, 1, 0}));
+    Step s = feed_bytewise(hs, str({5, 0}));
+    ASSERT_EQ(s.status, Step::kSend);
+    auto req = proto::parse_socks5_request(proto::to_bytes(s.out));
+    ASSERT_TRUE(req.done());
+    EXPECT_EQ(req.value.command, cmd);
+    EXPECT_EQ(feed_bytewise(hs, proto::socks5_reply(0, target("127.0.0.9:5000"))).status,
+              Step::kDone);
+    EXPECT_EQ(hs.bound(), target("127.0.0.9:5000"));
+  }
+}
+
 TEST(HopHandshake, Socks5Password) {
   HopHandshake hs(uri("socks5://alice:s%3Acret@127.0.0.1:1080"), target("example.org:80"));
   EXPECT_EQ(start(hs), str({5, 2, 0, 2}));

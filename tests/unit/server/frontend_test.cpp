@@ -153,6 +153,32 @@ TEST(Socks5Frontend, UnsupportedCommands) {
   }
 }
 
+TEST(Socks5Frontend, UdpAssociateAndBindWhenEnabled) {
+  FrontendOptions opts;
+  opts.udp_associate = true;
+  opts.bind = true;
+  for (int cmd : {2, 3}) {
+    auto fe = make_socks5_frontend(opts);
+    ASSERT_EQ(feed_bytewise(*fe, str({5, 1, 0})).status, Step::kReply);
+    Step s = feed_bytewise(*fe, str({5, cmd, 0, 1, 10, 0, 0, 1, 0x1F, 0x90}));
+    ASSERT_EQ(s.status, Step::kRequest) << cmd;
+    EXPECT_EQ(s.request.udp_associate, cmd == 3);
+    EXPECT_EQ(s.request.bind, cmd == 2);
+    // For UDP the address is where the client sends from; for BIND the peer.
+    EXPECT_EQ(s.request.target.to_string(), "10.0.0.1:8080");
+  }
+  // Enabling one leaves the other refused, and unknown commands stay so.
+  FrontendOptions udp_only;
+  udp_only.udp_associate = true;
+  for (int cmd : {2, 9}) {
+    auto fe = make_socks5_frontend(udp_only);
+    ASSERT_EQ(feed_bytewise(*fe, str({5, 1, 0})).status, Step::kReply);
+    Step s = feed_bytewise(*fe, str({5, cmd, 0, 1, 10, 0, 0, 1, 0, 22}));
+    ASSERT_EQ(s.status, Step::kFail) << cmd;
+    EXPECT_EQ(s.out[1], 0x07) << cmd;
+  }
+}
+
 TEST(Socks5Frontend, UnknownAddressType) {
   auto fe = make_socks5_frontend({});
   ASSERT_EQ(feed_bytewise(*fe, str({5, 1, 0})).status, Step::kReply);
