@@ -18,6 +18,7 @@ struct MaxStartups {
 };
 
 struct Config {
+  // Listener addresses may be written tls://ADDR (a TLS listener).
   std::vector<std::string> listen;       // -l: SOCKS4/4A/5 (and HTTP CONNECT, sniffed) listeners
   std::vector<std::string> http_listen;  // --http ADDR: HTTP CONNECT listeners
   bool http_all = false;                 // bare --http: every -l listener speaks HTTP
@@ -27,6 +28,11 @@ struct Config {
   // --api-key KEY or the first line of --api-key-file FILE; empty: none. A
   // secret: never logged, never shown to Lua (neosocksd.config()).
   std::string api_key;
+  // TLS (see API.md "TLS"): the listeners' certificate chain and key (for
+  // tls:// addresses), the CA that must have signed client certificates
+  // (mTLS; empty: none asked), and a CA trusted by TLS hops beyond the
+  // system's store.
+  std::string tls_cert, tls_key, tls_client_ca, tls_ca;
   std::string ruleset;  // -r FILE
   std::string nameserver;
   std::string netdev;  // -i: bind outbound sockets to a device

@@ -127,8 +127,8 @@ void Dialer::connect_next() {
       log::debug("{}", last_message_);
       continue;
     }
-    fd_ = std::move(fd);
-    io_.set(fd_.get(), EV_WRITE);
+    conn_ = Conn(std::move(fd));
+    io_.set(conn_.fd(), EV_WRITE);
     io_.start();
     return;
   }
@@ -138,28 +138,28 @@ void Dialer::connect_next() {
 void Dialer::on_connect() {
   int err = 0;
   socklen_t len = sizeof err;
-  getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  getsockopt(conn_.fd(), SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) {
     last_error_ = from_errno(err);
     last_message_ =
         fmt::format("connect {}: {}", addrs_[next_addr_ - 1].to_string(), std::strerror(err));
     log::debug("{}", last_message_);
     io_.stop();
-    fd_.reset();
+    conn_.reset();
     connect_next();
     return;
   }
   io_.stop();
   const SockAddr& sa = addrs_[next_addr_ - 1];
-  if (chain_.empty() && deny_ && reaches_denied_wildcard(fd_.get(), sa, *deny_)) {
+  if (chain_.empty() && deny_ && reaches_denied_wildcard(conn_.fd(), sa, *deny_)) {
     last_error_ = DialError::kNotAllowed;
     last_message_ = fmt::format("{} is not reachable through the proxy", sa.to_string());
-    fd_.reset();
+    conn_.reset();
     connect_next();
     return;
   }
-  if (opts_.self != nullptr && !opts_.self->record(fd_.get(), sa)) {
-    fd_.reset();
+  if (opts_.self != nullptr && !opts_.self->record(conn_.fd(), sa)) {
+    conn_.reset();
     finish(DialError::kNotAllowed, "too many connections to the API through the proxy");
     return;
   }
@@ -172,6 +172,51 @@ void Dialer::begin_hop() {
     finish(DialError::kOk, {});
     return;
   }
+  const proto::ProxyUri& hop = chain_[hop_];
+  if (hop.tls) {
+    if (hop_ > 0) {
+      finish(DialError::kGeneral,
+             fmt::format("{}: a TLS hop must come first in the chain (TLS inside TLS is not "
+                         "supported)",
+                         hop.to_string()));
+      return;
+    }
+    if (opts_.tls == nullptr) {
+      finish(DialError::kGeneral, fmt::format("{}: TLS is not available", hop.to_string()));
+      return;
+    }
+    SslPtr ssl = opts_.tls->connect(conn_.fd(), hop.host, hop.port);
+    if (!ssl) {
+      finish(DialError::kGeneral, fmt::format("{}: {}", hop.to_string(), tls_error_text()));
+      return;
+    }
+    conn_.set_tls(std::move(ssl));
+    stage_ = Stage::kTls;
+    io_.set(conn_.fd(), EV_WRITE);
+    io_.start();
+    return;
+  }
+  start_hop();
+}
+
+void Dialer::on_tls() {
+  if (conn_.handshake() == 1) {
+    start_hop();
+    return;
+  }
+  if (errno == EAGAIN) {
+    io_.modify(conn_.wants());
+    return;
+  }
+  // A certificate we do not accept: the host is not the one asked for; any
+  // other failure: the hop refused to talk TLS with us.
+  const std::string why = conn_.error_text();
+  const bool verify = why.starts_with("certificate verify failed");
+  finish(verify ? DialError::kHostUnreachable : DialError::kRefused,
+         fmt::format("{}: TLS: {}", chain_[hop_].to_string(), why));
+}
+
+void Dialer::start_hop() {
   const proto::Address next = hop_ + 1 < chain_.size() ? chain_[hop_ + 1].address() : target_;
   hs_ = std::make_unique<HopHandshake>(chain_[hop_], next);
   stage_ = Stage::kHandshake;
@@ -182,22 +227,31 @@ void Dialer::begin_hop() {
   }
   out_ = std::move(first.out);
   in_.clear();
-  io_.set(fd_.get(), EV_WRITE);
+  io_.set(conn_.fd(), EV_WRITE);
   io_.start();
 }
 
-void Dialer::on_io(int revents) {
+void Dialer::on_io(int /*revents*/) {
   if (stage_ == Stage::kConnecting) {
     on_connect();
     return;
   }
+  if (stage_ == Stage::kTls) {
+    on_tls();
+    return;
+  }
   if (stage_ != Stage::kHandshake) return;
-  if (revents & EV_WRITE) {
-    ssize_t n = send(fd_.get(), out_.data(), out_.size(), MSG_NOSIGNAL);
+  // Writing while there is something to write, reading otherwise: a TLS
+  // socket may have to wait for the other event than the one it does.
+  if (!out_.empty()) {
+    ssize_t n = conn_.write(out_.data(), out_.size());
     if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) return;
-      finish(from_errno(errno),
-             fmt::format("{}: send: {}", chain_[hop_].to_string(), std::strerror(errno)));
+      if (errno == EAGAIN || errno == EINTR) {
+        io_.modify(conn_.wants());
+        return;
+      }
+      finish(errno == EPROTO ? DialError::kGeneral : from_errno(errno),
+             fmt::format("{}: send: {}", chain_[hop_].to_string(), conn_.error_text()));
       return;
     }
     out_.erase(0, static_cast<size_t>(n));
@@ -207,11 +261,14 @@ void Dialer::on_io(int revents) {
   // Peek rather than read, so that bytes after the hop's reply (the target
   // may speak first) stay in the socket for the relay.
   uint8_t buf[4096];
-  ssize_t n = recv(fd_.get(), buf, sizeof buf, MSG_PEEK);
+  ssize_t n = conn_.peek(buf, sizeof buf);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    finish(from_errno(errno),
-           fmt::format("{}: recv: {}", chain_[hop_].to_string(), std::strerror(errno)));
+    if (errno == EAGAIN || errno == EINTR) {
+      io_.modify(conn_.wants());
+      return;
+    }
+    finish(errno == EPROTO ? DialError::kGeneral : from_errno(errno),
+           fmt::format("{}: recv: {}", chain_[hop_].to_string(), conn_.error_text()));
     return;
   }
   if (n == 0) {
@@ -230,7 +287,7 @@ void Dialer::on_io(int revents) {
                fmt::format("{}: handshake reply too long", chain_[hop_].to_string()));
         return;
       }
-      (void)recv(fd_.get(), buf, static_cast<size_t>(n), 0);
+      (void)conn_.read(buf, static_cast<size_t>(n));
       return;
     case HopHandshake::Step::kError:
       finish(step.error, step.message);
@@ -238,7 +295,7 @@ void Dialer::on_io(int revents) {
     case HopHandshake::Step::kSend:
     case HopHandshake::Step::kDone:
       // Consume exactly the reply's bytes still sitting in the socket.
-      (void)recv(fd_.get(), buf, step.consumed - held, 0);
+      (void)conn_.read(buf, step.consumed - held);
       in_.clear();
       break;
   }
@@ -257,7 +314,7 @@ void Dialer::cancel() {
   timer_.stop();
   later_.cancel();
   query_.reset();
-  fd_.reset();
+  conn_.reset();
   cb_ = nullptr;
 }
 
@@ -269,10 +326,10 @@ void Dialer::finish(DialError err, std::string msg) {
     later_.post([this] { finish(last_error_, last_message_); });
     return;
   }
-  UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};
+  Conn conn = err == DialError::kOk ? std::move(conn_) : Conn{};
   auto cb = std::move(cb_);
   cancel();
-  cb(std::move(fd), err, msg);
+  cb(std::move(conn), err, msg);
 }
 
 }  // namespace rs::net

@@ -18,6 +18,7 @@
 #include "net/resolver.hpp"
 #include "net/self_connections.hpp"
 #include "net/sockaddr.hpp"
+#include "net/tls.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
 #include "server/frontend.hpp"
@@ -56,8 +57,15 @@ class Server {
 
   // Stops accepting and closes every session (SIGINT/SIGTERM).
   void shutdown();
-  // SIGHUP: see Control::reload_ruleset().
+  // SIGHUP: see Control::reload_ruleset(); also reloads the TLS listeners'
+  // certificate and key (reload_tls()).
   void reload_ruleset();
+  // Loads --tls-cert/--tls-key/--tls-client-ca again: new handshakes use
+  // them, established sessions keep theirs. A failure is logged and keeps
+  // the old ones; returns whether it loaded.
+  bool reload_tls();
+  // The TLS listeners' context (null without --tls-cert).
+  SSL_CTX* tls_server() const { return tls_server_.get(); }
 
   // Called by a session that has finished; destruction happens later, from
   // the loop, never inside the session's own callback.
@@ -89,7 +97,8 @@ class Server {
 
  private:
   // An accepted client socket: admitted (then owned by a new session) or closed.
-  void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // `tls`: the listener is a tls:// one.
+  void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind, bool tls);
   // Whether a new half-open connection may be accepted now (--max-sessions,
   // the fd limit, --max-startups).
   bool admit();
@@ -100,6 +109,10 @@ class Server {
   const Config& cfg_;
   ev::Deferred deferred_;
   std::unique_ptr<net::Resolver> resolver_;
+  // Before everything that holds an SSL made from them: an SSL keeps its
+  // context alive, but a TLS hop's SSL points back at the TlsClient.
+  net::SslCtxPtr tls_server_;
+  std::unique_ptr<net::TlsClient> tls_client_;
   net::DialOptions dial_;
   net::RelayOptions relay_;
   FrontendOptions frontend_;

@@ -37,7 +37,8 @@ constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
 constexpr double kLinger = 2.0;              // seconds to let a client read an error reply
 }  // namespace
 
-Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind)
+Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind,
+                 SSL_CTX* tls)
     : server_(server),
       client_(std::move(fd)),
       peer_(peer),
@@ -47,6 +48,14 @@ Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, Listene
   auto& st = server_.stats();
   st.sessions_peak = std::max(st.sessions_peak, ++st.sessions);
   ++server_.stats().halfopen;
+  if (tls != nullptr) {
+    state_ = State::kTls;
+    net::SslPtr ssl(SSL_new(tls));
+    if (ssl && SSL_set_fd(ssl.get(), client_.fd()) == 1) {
+      SSL_set_accept_state(ssl.get());
+      client_.set_tls(std::move(ssl));
+    }
+  }
 }
 
 Session::~Session() {
@@ -69,8 +78,32 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
     return;
   }
   if (kind_ == ListenerKind::kHttp) frontend_ = make_http_frontend(server_.frontend_options());
-  io_.set(client_.get(), EV_READ);
+  io_.set(client_.fd(), EV_READ);
   io_.start();
+  if (state_ == State::kTls && !client_.tls()) {
+    log::error("{}: cannot start TLS: {}", peer_, net::tls_error_text());
+    close();
+  }
+}
+
+void Session::on_tls() {
+  if (client_.handshake() == 1) {
+    state_ = State::kHandshake;
+    io_.modify(EV_READ);
+    // The client's first bytes may have come with its last handshake
+    // message: OpenSSL holds them, the socket will not say so again.
+    if (client_.pending()) on_readable();
+    return;
+  }
+  if (errno == EAGAIN) {
+    io_.modify(client_.wants());
+    return;
+  }
+  // A plain-text client on a TLS port, a certificate refused (mTLS), a
+  // protocol mismatch: this connection only.
+  ++server_.stats().bad_requests;
+  log::info("{}: TLS handshake failed: {}", peer_, client_.error_text());
+  close();
 }
 
 TargetLog Session::target() const {
@@ -78,11 +111,18 @@ TargetLog Session::target() const {
 }
 
 void Session::on_readable() {
+  if (state_ == State::kTls) {
+    on_tls();
+    return;
+  }
   char buf[4096];
-  ssize_t n = recv(client_.get(), buf, sizeof buf, 0);
+  ssize_t n = client_.read(buf, sizeof buf);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    log::debug("{}: recv: {}", peer_, std::strerror(errno));
+    if (errno == EAGAIN || errno == EINTR) {
+      if (client_.tls()) io_.modify(client_.wants());
+      return;
+    }
+    log::debug("{}: recv: {}", peer_, client_.error_text());
     close();
     return;
   }
@@ -122,8 +162,11 @@ void Session::on_readable() {
     }
     in_.erase(0, step.consumed);
     handle(std::move(step));
-    if (in_.empty()) return;
+    if (in_.empty()) break;
   }
+  // A TLS record may hold more than one read took.
+  if (client_.pending() && (state_ == State::kHandshake || state_ == State::kLingering))
+    io_.feed(EV_READ);
 }
 
 void Session::handle(Step step) {
@@ -198,12 +241,12 @@ void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bo
   // unless a ruleset routes it there on purpose.
   const auto* deny = may_reach_api ? nullptr : &server_.protected_addresses();
   dialer_->start(std::move(target), std::move(chain), deny,
-                 [this](UniqueFd fd, net::DialError err, const std::string& msg) {
-                   on_dialed(std::move(fd), err, msg);
+                 [this](net::Conn conn, net::DialError err, const std::string& msg) {
+                   on_dialed(std::move(conn), err, msg);
                  });
 }
 
-void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg) {
+void Session::on_dialed(net::Conn upstream, net::DialError err, const std::string& msg) {
   server_.deferred().dispose(std::move(dialer_));
   if (err != net::DialError::kOk) {
     ++server_.stats().dial_failed;
@@ -247,10 +290,10 @@ void Session::fail(std::string reply, const std::string& why) {
   }
   // Half-close and wait for the client to go, so that the reply is not lost
   // to a reset caused by unread input.
-  shutdown(client_.get(), SHUT_WR);
+  client_.shutdown_write();
   leave_halfopen();
   state_ = State::kLingering;
-  io_.set(client_.get(), EV_READ);
+  io_.set(client_.fd(), EV_READ);
   io_.start();
   timer_.start(kLinger);
 }
@@ -258,7 +301,7 @@ void Session::fail(std::string reply, const std::string& why) {
 bool Session::send_all(std::string_view bytes) {
   // Handshake replies are tiny and the socket's send buffer is empty at this
   // point, so a short write means the client is gone or misbehaving.
-  ssize_t n = send(client_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  ssize_t n = client_.write(bytes.data(), bytes.size());
   return n == static_cast<ssize_t>(bytes.size());
 }
 
@@ -275,7 +318,7 @@ void Session::on_timeout() {
   }
   if (state_ != State::kLingering) {
     ++server_.stats().bad_requests;
-    log::info("{}: handshake timed out", peer_);
+    log::info("{}: {}handshake timed out", peer_, state_ == State::kTls ? "TLS " : "");
   }
   close();
 }

@@ -1,5 +1,6 @@
 // One client connection, from accept to close:
-//   handshake (Frontend) -> routing (ruleset) -> dialing (Dialer) -> relaying (Relay)
+//   [TLS handshake] -> handshake (Frontend) -> routing (ruleset) -> dialing (Dialer)
+//   -> relaying (Relay)
 // or, when the first HTTP request is not CONNECT, handshake -> proxying: the
 // Session hands the socket to an HttpProxy (server/http_proxy.hpp), which it
 // owns until the connection ends.
@@ -14,6 +15,7 @@
 #include "core/cancellable.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/conn.hpp"
 #include "net/dialer.hpp"
 #include "net/relay.hpp"
 #include "net/sockaddr.hpp"
@@ -29,8 +31,10 @@ enum class ListenerKind;
 
 class Session {
  public:
-  // Takes ownership of the accepted socket `fd`.
-  Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // Takes ownership of the accepted socket `fd`. With `tls` (a tls://
+  // listener's context) the client speaks TLS; its handshake runs under the
+  // same timeout (-t) as the proxy handshake and counts as half-open.
+  Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind, SSL_CTX* tls);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -40,16 +44,26 @@ class Session {
   void close();
 
  private:
-  enum class State { kHandshake, kRouting, kDialing, kRelaying, kLingering, kProxying, kClosed };
+  enum class State {
+    kTls,
+    kHandshake,
+    kRouting,
+    kDialing,
+    kRelaying,
+    kLingering,
+    kProxying,
+    kClosed
+  };
 
   void on_readable();
+  void on_tls();
   void on_timeout();
   void handle(Step step);
   void proxy_http();
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
-  void on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg);
+  void on_dialed(net::Conn upstream, net::DialError err, const std::string& msg);
   void reject(net::DialError err, const std::string& why);
   // Sends `reply`, then closes the session after the client has read it.
   void fail(std::string reply, const std::string& why);
@@ -59,7 +73,7 @@ class Session {
   TargetLog target() const;  // for log lines
 
   Server& server_;
-  UniqueFd client_;
+  net::Conn client_;
   net::SockAddr peer_;
   ListenerKind kind_;
   State state_ = State::kHandshake;
