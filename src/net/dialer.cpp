@@ -169,39 +169,53 @@ void Dialer::on_connect() {
 
 void Dialer::begin_hop() {
   if (hop_ >= chain_.size()) {
+    if (opts_.tls_target && !target_tls_) {
+      target_tls_ = true;
+      start_tls(target_.host_string(), target_.port, "https://" + target_.to_string());
+      return;
+    }
     finish(DialError::kOk, {});
     return;
   }
   const proto::ProxyUri& hop = chain_[hop_];
   if (hop.tls) {
-    if (hop_ > 0) {
-      finish(DialError::kGeneral,
-             fmt::format("{}: a TLS hop must come first in the chain (TLS inside TLS is not "
-                         "supported)",
-                         hop.to_string()));
-      return;
-    }
-    if (opts_.tls == nullptr) {
-      finish(DialError::kGeneral, fmt::format("{}: TLS is not available", hop.to_string()));
-      return;
-    }
-    SslPtr ssl = opts_.tls->connect(conn_.fd(), hop.host, hop.port);
-    if (!ssl) {
-      finish(DialError::kGeneral, fmt::format("{}: {}", hop.to_string(), tls_error_text()));
-      return;
-    }
-    conn_.set_tls(std::move(ssl));
-    stage_ = Stage::kTls;
-    io_.set(conn_.fd(), EV_WRITE);
-    io_.start();
+    start_tls(hop.host, hop.port, hop.to_string());
     return;
   }
   start_hop();
 }
 
+void Dialer::start_tls(const std::string& host, uint16_t port, const std::string& name) {
+  tls_peer_ = name;
+  if (conn_.tls()) {
+    finish(DialError::kGeneral,
+           fmt::format("{}: TLS inside TLS is not supported: only the first hop (or the target "
+                       "of a chain without TLS hops) may speak TLS",
+                       name));
+    return;
+  }
+  if (opts_.tls == nullptr) {
+    finish(DialError::kGeneral, fmt::format("{}: TLS is not available", name));
+    return;
+  }
+  SslPtr ssl = opts_.tls->connect(conn_.fd(), host, port);
+  if (!ssl) {
+    finish(DialError::kGeneral, fmt::format("{}: {}", name, tls_error_text()));
+    return;
+  }
+  conn_.set_tls(std::move(ssl));
+  stage_ = Stage::kTls;
+  io_.set(conn_.fd(), EV_WRITE);
+  io_.start();
+}
+
 void Dialer::on_tls() {
   if (conn_.handshake() == 1) {
-    start_hop();
+    if (hop_ >= chain_.size()) {
+      finish(DialError::kOk, {});
+    } else {
+      start_hop();
+    }
     return;
   }
   if (errno == EAGAIN) {
@@ -213,7 +227,7 @@ void Dialer::on_tls() {
   const std::string why = conn_.error_text();
   const bool verify = why.starts_with("certificate verify failed");
   finish(verify ? DialError::kHostUnreachable : DialError::kRefused,
-         fmt::format("{}: TLS: {}", chain_[hop_].to_string(), why));
+         fmt::format("{}: TLS: {}", tls_peer_, why));
 }
 
 void Dialer::start_hop() {

@@ -35,6 +35,9 @@ struct DialOptions {
   // The client context for TLS hops (https://, socks5s://); null: such hops
   // fail. Must outlive every Dialer and every connection it made.
   TlsClient* tls = nullptr;
+  // Speak TLS to the target itself once past the chain (RPC to an https://
+  // API), verified against the target's name.
+  bool tls_target = false;
 };
 
 // Applies DialOptions' socket options to a connected or accepted socket.
@@ -43,8 +46,9 @@ void tune_socket(int fd, const DialOptions& opts);
 class Dialer {
  public:
   // On success conn is a connected, non-blocking socket past every hop's
-  // handshake, TLS when the first hop is (https://, socks5s://). A TLS hop
-  // after the first would be TLS inside TLS, which is refused (kGeneral). Called once, from the
+  // handshake, TLS when a hop is (https://, socks5s://) or with
+  // tls_target. TLS goes over whatever tunnel the hops before it made, but
+  // only once: a second TLS layer (TLS inside TLS) is refused (kGeneral). Called once, from the
   // loop, never from inside start(). The owner must not destroy the Dialer inside the callback
   // (defer it).
   using Callback = std::function<void(Conn conn, DialError err, const std::string& msg)>;
@@ -69,6 +73,8 @@ class Dialer {
   void on_connect();
   void begin_hop();
   void start_hop();
+  // TLS with `host` over the connection as it is; `name` for messages.
+  void start_tls(const std::string& host, uint16_t port, const std::string& name);
   void on_tls();
   void on_io(int revents);
   void finish(DialError err, std::string msg);
@@ -91,7 +97,9 @@ class Dialer {
   ev::Timer timer_;
   bool in_start_ = false;  // finish() must defer to later_
 
-  size_t hop_ = 0;  // index of the hop whose handshake is running
+  size_t hop_ = 0;           // index of the hop whose handshake is running
+  bool target_tls_ = false;  // opts_.tls_target: the handshake with the target began
+  std::string tls_peer_;     // whom the running TLS handshake is with
   std::unique_ptr<HopHandshake> hs_;
   std::string out_;          // handshake bytes not yet written
   std::vector<uint8_t> in_;  // reply bytes taken while incomplete

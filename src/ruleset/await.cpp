@@ -346,7 +346,7 @@ class InvokeOp : public Op {
     size_t len = 0;
     const char* code = lua_tolstring(L, first, &len);
     call_ = host->invoke(std::string(code, len), std::move(target.addr), std::move(target.chain),
-                         [this](bool ok, std::string body) {
+                         target.tls, [this](bool ok, std::string body) {
                            ok_ = ok;
                            body_ = std::move(body);
                            complete();

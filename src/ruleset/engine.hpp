@@ -97,8 +97,9 @@ struct Host {
   // callback after that). Returns nullptr when RPC is unavailable. Runs inside
   // Lua (no Lua call in its frames): it must not call back into the Engine
   // synchronously.
+  // `tls`: the target was written https://host:port (its API speaks HTTPS).
   virtual std::unique_ptr<Cancellable> invoke(
-      std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
+      std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain, bool tls,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
   // neosocksd.setapikey(addr, key): the API key invoke() sends to `addr`
   // from now on; an empty key sends none, nullopt goes back to the node's

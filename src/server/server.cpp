@@ -111,7 +111,13 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     if (!forward_) throw std::runtime_error("bad forward address \"" + cfg.forward + "\"");
   }
   std::optional<net::SockAddr> api;
-  if (!cfg.api.empty()) api = parse_listen(cfg.api);
+  if (!cfg.api.empty()) {
+    const auto [text, tls] = strip_tls(cfg.api);
+    if (tls && !tls_server_)
+      throw std::runtime_error("--api " + cfg.api + " needs --tls-cert and --tls-key");
+    api_tls_ = tls;
+    api = parse_listen(text);
+  }
   control_ = std::make_unique<Control>(*this, api);
   if (auto bound = control_->api_address()) {
     protected_.push_back(*bound);

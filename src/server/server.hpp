@@ -66,6 +66,10 @@ class Server {
   bool reload_tls();
   // The TLS listeners' context (null without --tls-cert).
   SSL_CTX* tls_server() const { return tls_server_.get(); }
+  // The slot holding it, for the API, which reads it at each handshake.
+  const net::SslCtxPtr& tls_server_context() const { return tls_server_; }
+  // --api tls://ADDR: the API speaks HTTPS.
+  bool api_tls() const { return api_tls_; }
 
   // Called by a session that has finished; destruction happens later, from
   // the loop, never inside the session's own callback.
@@ -113,6 +117,7 @@ class Server {
   // context alive, but a TLS hop's SSL points back at the TlsClient.
   net::SslCtxPtr tls_server_;
   std::unique_ptr<net::TlsClient> tls_client_;
+  bool api_tls_ = false;
   net::DialOptions dial_;
   net::RelayOptions relay_;
   FrontendOptions frontend_;
