@@ -72,7 +72,8 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
                  "dial outbound through proxy1[,proxy2...] (first hop first; socks4a, socks5, "
                  "http, and over TLS https, socks5s)")
       ->type_name("URI[,URI...]");
-  app.add_option("--api", c.api, "serve the RESTful API on ADDR (keep it on loopback)")
+  app.add_option("--api", c.api,
+                 "serve the RESTful API on ADDR (keep it on loopback; tls://ADDR: HTTPS)")
       ->type_name("ADDR");
   app.add_option("--api-key", c.api_key,
                  "require this key on the API (Authorization: Bearer KEY or "
@@ -91,7 +92,8 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c) {
                  "TLS listeners require a client certificate signed by this CA (mTLS)")
       ->type_name("FILE");
   app.add_option("--tls-ca", c.tls_ca,
-                 "trust this CA for https:// and socks5s:// hops, besides the system's")
+                 "trust this CA for https:// and socks5s:// hops and https:// RPC targets, besides "
+                 "the system's")
       ->type_name("FILE");
   app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
       ->type_name("FILE");
