@@ -6,51 +6,34 @@
 namespace rs::net {
 
 ssize_t Conn::read(void* buf, size_t len) {
-  if (!ssl_) {
-    ssize_t n = ::recv(fd_.get(), buf, len, 0);
-    if (n < 0) {
-      errno_ = errno;
-      wants_ = EV_READ;
-    }
-    return n;
-  }
-  size_t n = 0;
-  ERR_clear_error();
-  // The call first: argument evaluation order is unspecified.
-  const int ret = SSL_read_ex(ssl_.get(), buf, len, &n);
-  return tls_result(ret, n, true);
+  if (!ssl_) return plain_result(::recv(fd_.get(), buf, len, 0), EV_READ);
+  return tls_call(SSL_read_ex, buf, len, true);
 }
 
 ssize_t Conn::peek(void* buf, size_t len) {
-  if (!ssl_) {
-    ssize_t n = ::recv(fd_.get(), buf, len, MSG_PEEK);
-    if (n < 0) {
-      errno_ = errno;
-      wants_ = EV_READ;
-    }
-    return n;
-  }
-  size_t n = 0;
-  ERR_clear_error();
-  // The call first: argument evaluation order is unspecified.
-  const int ret = SSL_peek_ex(ssl_.get(), buf, len, &n);
-  return tls_result(ret, n, true);
+  if (!ssl_) return plain_result(::recv(fd_.get(), buf, len, MSG_PEEK), EV_READ);
+  return tls_call(SSL_peek_ex, buf, len, true);
 }
 
 ssize_t Conn::write(const void* buf, size_t len) {
-  if (!ssl_) {
-    ssize_t n = ::send(fd_.get(), buf, len, MSG_NOSIGNAL);
-    if (n < 0) {
-      errno_ = errno;
-      wants_ = EV_WRITE;
-    }
-    return n;
+  if (!ssl_) return plain_result(::send(fd_.get(), buf, len, MSG_NOSIGNAL), EV_WRITE);
+  return tls_call(SSL_write_ex, buf, len, false);
+}
+
+ssize_t Conn::plain_result(ssize_t n, int wants) {
+  if (n < 0) {
+    errno_ = errno;
+    wants_ = wants;
   }
+  return n;
+}
+
+template <class Call, class Buf>
+ssize_t Conn::tls_call(Call call, Buf buf, size_t len, bool reading) {
   size_t n = 0;
   ERR_clear_error();
-  // The call first: argument evaluation order is unspecified.
-  const int ret = SSL_write_ex(ssl_.get(), buf, len, &n);
-  return tls_result(ret, n, false);
+  const int ret = call(ssl_.get(), buf, len, &n);
+  return tls_result(ret, n, reading);
 }
 
 int Conn::handshake() {

@@ -61,6 +61,9 @@ class Conn {
   std::string error_text() const { return error_.empty() ? std::strerror(errno_) : error_; }
 
  private:
+  ssize_t plain_result(ssize_t n, int wants);
+  template <class Call, class Buf>
+  ssize_t tls_call(Call call, Buf buf, size_t len, bool reading);
   ssize_t tls_result(int ret, size_t n, bool reading);
 
   UniqueFd fd_;
