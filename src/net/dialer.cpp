@@ -189,8 +189,8 @@ void Dialer::start_tls(const std::string& host, uint16_t port, const std::string
   tls_peer_ = name;
   if (conn_.tls()) {
     finish(DialError::kGeneral,
-           fmt::format("{}: TLS inside TLS is not supported: only the first hop (or the target "
-                       "of a chain without TLS hops) may speak TLS",
+           fmt::format("{}: TLS inside TLS is not supported: a chain speaks TLS to one hop "
+                       "(or to an https:// RPC target) only",
                        name));
     return;
   }

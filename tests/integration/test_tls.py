@@ -284,6 +284,27 @@ class Hops(TlsCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(out, b"hello from origin\n")
 
+    def test_mixed_chains(self):
+        back = self.tls_node(name="good")
+        plain = self.start_proxy(name="plain-hop")
+        ca = ["--tls-ca", self.certs.path("ca.pem")]
+        # TLS, then SOCKS5 inside it; plain SOCKS5, then TLS through its tunnel.
+        for chain in (f"socks5s://localhost:{back.tls_port},socks5://{LOOP4}:{plain.port}",
+                      f"socks5://{LOOP4}:{plain.port},https://localhost:{back.https_port}"):
+            with self.subTest(chain=chain):
+                front = self.start_proxy("-x", chain, *ca)
+                rc, out, err = curl("--socks5-hostname", f"{LOOP4}:{front.port}",
+                                    self.origin_url("/hello"))
+                self.assertEqual((rc, out), (0, b"hello from origin\n"), err)
+        # A second TLS layer inside the first is refused, naming the hop.
+        front = self.start_proxy(
+            "-x", f"https://localhost:{back.https_port},socks5s://localhost:{back.tls_port}", *ca)
+        with socket.create_connection((LOOP4, front.port), timeout=IO_TIMEOUT) as s:
+            _, rep = socks5_handshake(s, LOOP4, self.origin.port)
+            self.assertEqual(rep, 0x01)
+        self.assertTrue(wait_until(lambda: "TLS inside TLS is not supported" in front.log_text(),
+                                   10))
+
     def refused(self, server, trust, expect, host="localhost"):
         back = self.tls_node(name=server)
         args = ["--tls-ca", self.certs.path(trust)] if trust else []
