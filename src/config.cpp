@@ -100,11 +100,13 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
                "print the effective options as a config file for -c, and exit");
   app.get_formatter()->column_width(34);
 
-  app.add_option("-l,--listen", c.listen, "listen for SOCKS4/4A/5 on ADDR (repeatable)")
+  app.add_option("-l,--listen", c.listen,
+                 "listen for SOCKS4/4A/5 on ADDR (repeatable); tls://ADDR speaks TLS")
       ->type_name("ADDR");
-  app.add_option("--http", c.http_listen,
-                 "listen for HTTP CONNECT on ADDR (repeatable); without ADDR, "
-                 "the -l listeners speak HTTP CONNECT only")
+  app.add_option(
+         "--http", c.http_listen,
+         "listen for HTTP CONNECT on ADDR (repeatable; tls://ADDR: HTTPS proxy); without ADDR, "
+         "the -l listeners speak HTTP CONNECT only")
       ->type_name("[ADDR]")
       ->expected(0, 1)
       ->allow_extra_args(false);
@@ -113,9 +115,11 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
                  "each connection's target (ruleset.resolve(\":0\"))")
       ->type_name("ADDR");
   app.add_option("-x,--proxy", c.proxy,
-                 "dial outbound through proxy1[,proxy2...] (first hop first)")
+                 "dial outbound through proxy1[,proxy2...] (first hop first; socks4a, socks5, "
+                 "http, and over TLS https, socks5s)")
       ->type_name("URI[,URI...]");
-  app.add_option("--api", c.api, "serve the RESTful API on ADDR (keep it on loopback)")
+  app.add_option("--api", c.api,
+                 "serve the RESTful API on ADDR (keep it on loopback; tls://ADDR: HTTPS)")
       ->type_name("ADDR");
   app.add_option("--api-key", c.api_key,
                  "require this key on the API (Authorization: Bearer KEY or "
@@ -124,6 +128,18 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
   std::string key_file;
   app.add_option("--api-key-file", c.api_key_file,
                  "as --api-key, with the key on the first line of FILE (mode 600 or stricter)")
+      ->type_name("FILE");
+  app.add_option("--tls-cert", c.tls_cert,
+                 "certificate chain (PEM, leaf first) of the tls://ADDR listeners; "
+                 "SIGHUP reloads it")
+      ->type_name("FILE");
+  app.add_option("--tls-key", c.tls_key, "private key (PEM) of --tls-cert")->type_name("FILE");
+  app.add_option("--tls-client-ca", c.tls_client_ca,
+                 "TLS listeners require a client certificate signed by this CA (mTLS)")
+      ->type_name("FILE");
+  app.add_option("--tls-ca", c.tls_ca,
+                 "trust this CA for https:// and socks5s:// hops and https:// RPC targets, besides "
+                 "the system's")
       ->type_name("FILE");
   app.add_option("-r,--ruleset", c.ruleset, "load the Lua ruleset FILE (or FILE.gz)")
       ->type_name("FILE");
@@ -316,6 +332,10 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
   }
   if (!key_file.empty() && c.api_key.empty()) {
     std::fprintf(stderr, "--api-key-file %s: the first line is empty\n", key_file.c_str());
+    return 2;
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    std::fprintf(stderr, "give --tls-cert and --tls-key together\n");
     return 2;
   }
   if (c.listen.empty() && c.http_listen.empty() && c.api.empty()) {

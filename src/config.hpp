@@ -30,6 +30,7 @@ struct UdpConfig {
 };
 
 struct Config {
+  // Listener addresses may be written tls://ADDR (a TLS listener).
   std::vector<std::string> listen;       // -l: SOCKS4/4A/5 (and HTTP CONNECT, sniffed) listeners
   std::vector<std::string> http_listen;  // --http ADDR: HTTP CONNECT listeners
   bool http_all = false;                 // bare --http: every -l listener speaks HTTP
@@ -40,7 +41,12 @@ struct Config {
   // secret: never logged, never shown to Lua (neosocksd.config()).
   std::string api_key;
   std::string api_key_file;  // --api-key-file FILE (for --dump-config: the key stays there)
-  std::string ruleset;       // -r FILE
+  // TLS (see API.md "TLS"): the listeners' certificate chain and key (for
+  // tls:// addresses), the CA that must have signed client certificates
+  // (mTLS; empty: none asked), and a CA trusted by TLS hops beyond the
+  // system's store.
+  std::string tls_cert, tls_key, tls_client_ca, tls_ca;
+  std::string ruleset;  // -r FILE
   std::string nameserver;
   std::string netdev;  // -i: bind outbound sockets to a device
   std::string user;    // -u user[:group]

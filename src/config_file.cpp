@@ -267,6 +267,14 @@ const std::vector<Field>& fields() {
        }},
       // neosocksd features rulesocks does not have: false (what neosocksd's
       // --dump-config writes by default) is accepted, true refused.
+      {"tls_cert", [](Config& c, const Value& v) { c.tls_cert = expect_string(v); },
+       [](const Config& c) { return str(c.tls_cert); }},
+      {"tls_key", [](Config& c, const Value& v) { c.tls_key = expect_string(v); },
+       [](const Config& c) { return str(c.tls_key); }},
+      {"tls_client_ca", [](Config& c, const Value& v) { c.tls_client_ca = expect_string(v); },
+       [](const Config& c) { return str(c.tls_client_ca); }},
+      {"tls_ca", [](Config& c, const Value& v) { c.tls_ca = expect_string(v); },
+       [](const Config& c) { return str(c.tls_ca); }},
       {"socks5_bind", [](Config& c, const Value& v) { c.socks5_bind = expect_bool(v); },
        [](const Config& c) { return boolean(c.socks5_bind); }},
       {"socks5_bind_any_peer", [](Config& c, const Value& v) { c.bind_any_peer = expect_bool(v); },

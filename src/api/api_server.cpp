@@ -64,13 +64,44 @@ void ApiServer::stop() {
   acceptor_.stop();
   // close() reports back through closed(), which erases from conns_.
   while (!conns_.empty()) conns_.begin()->first->close();
+  handshakes_.clear();
 }
 
 void ApiServer::on_accept(UniqueFd client, const net::SockAddr& from) {
-  if (conns_.size() >= opts_.max_connections) {
+  if (conns_.size() + handshakes_.size() >= opts_.max_connections) {
+    if (opts_.tls != nullptr) {
+      // Not even a TLS alert: the client sees the connection closed.
+      if (opts_.self != nullptr) opts_.self->forget(from);
+      log::debug("api {}: refused (too many connections)", from);
+      return;
+    }
     reject(std::move(client), from);
     return;
   }
+  if (opts_.tls == nullptr) {
+    serve(net::Conn(std::move(client)), from);
+    return;
+  }
+  auto hs = std::make_unique<net::TlsAccept>(loop_, std::move(client), opts_.tls->get(),
+                                             opts_.timeout, nullptr);
+  net::TlsAccept* raw = hs.get();
+  hs->set_done([this, raw, from](net::Conn conn, const std::string& error) {
+    auto it = handshakes_.find(raw);
+    if (it == handshakes_.end()) return;
+    deferred_.dispose(std::move(it->second));
+    handshakes_.erase(it);
+    if (!error.empty()) {
+      if (opts_.self != nullptr) opts_.self->forget(from);
+      log::info("api {}: {}", from, error);
+      return;
+    }
+    serve(std::move(conn), from);
+  });
+  handshakes_.emplace(raw, std::move(hs));
+  raw->start();
+}
+
+void ApiServer::serve(net::Conn client, const net::SockAddr& from) {
   auto conn =
       std::make_unique<ApiConnection>(loop_, std::move(client), from, limits_, endpoints_, access_,
                                       deferred_, [this](ApiConnection* c) { closed(c); });

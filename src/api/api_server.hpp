@@ -23,6 +23,7 @@
 #include "core/loop.hpp"
 #include "net/acceptor.hpp"
 #include "net/sockaddr.hpp"
+#include "net/tls_accept.hpp"
 
 namespace rs::api {
 
@@ -45,6 +46,9 @@ struct ApiOptions {
   // no request counts as proxied). It must outlive the ApiServer, which
   // forgets each peer when its connection closes.
   net::SelfConnections* self = nullptr;
+  // Set: the API speaks HTTPS, with the context *tls holds when a client
+  // connects (the owner may replace it: SIGHUP). It must outlive the server.
+  const net::SslCtxPtr* tls = nullptr;
 };
 
 class ApiServer {
@@ -69,6 +73,7 @@ class ApiServer {
 
  private:
   void on_accept(UniqueFd fd, const net::SockAddr& peer);
+  void serve(net::Conn conn, const net::SockAddr& peer);
   void reject(UniqueFd fd, const net::SockAddr& peer);
   void closed(ApiConnection* conn);
 
@@ -79,6 +84,8 @@ class ApiServer {
   Endpoints endpoints_;
   Access access_;
   std::unordered_map<ApiConnection*, std::unique_ptr<ApiConnection>> conns_;
+  // TLS handshakes in progress; they count against max_connections.
+  std::unordered_map<net::TlsAccept*, std::unique_ptr<net::TlsAccept>> handshakes_;
   net::Acceptor acceptor_;  // last: it calls back into the members above
 };
 

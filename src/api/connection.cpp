@@ -29,11 +29,11 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 }  // namespace
 
-ApiConnection::ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer,
+ApiConnection::ApiConnection(ev::Loop* loop, net::Conn conn, net::SockAddr peer,
                              const ConnectionLimits& limits, Endpoints& endpoints, Access& access,
                              ev::Deferred& deferred, Closed closed)
     : loop_(loop),
-      fd_(std::move(fd)),
+      conn_(std::move(conn)),
       peer_(peer),
       limits_(limits),
       endpoints_(endpoints),
@@ -48,7 +48,7 @@ ApiConnection::ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer,
 ApiConnection::~ApiConnection() = default;
 
 void ApiConnection::start() {
-  io_.set(fd_.get(), EV_READ);
+  io_.set(conn_.fd(), EV_READ);
   io_.start();
   timer_.start(limits_.timeout);
 }
@@ -97,8 +97,14 @@ void ApiConnection::on_timeout() {
 
 void ApiConnection::receive() {
   char buf[kReadChunk];
-  ssize_t n = ::recv(fd_.get(), buf, sizeof buf, 0);
+  ssize_t n = conn_.read(buf, sizeof buf);
   if (n > 0) {
+    // Bytes TLS already decrypted come with no socket event: take them too.
+    while (conn_.pending()) {
+      if (phase_ != Phase::kLinger) in_.append(buf, static_cast<size_t>(n));
+      n = conn_.read(buf, sizeof buf);
+      if (n <= 0) return;
+    }
     if (phase_ == Phase::kLinger) return;  // discarded
     in_.append(buf, static_cast<size_t>(n));
     need_more_ = false;
@@ -111,18 +117,18 @@ void ApiConnection::receive() {
     return;
   }
   if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-  log::debug("api {}: recv: {}", peer_.to_string(), std::strerror(errno));
+  log::debug("api {}: recv: {}", peer_.to_string(), conn_.error_text());
   close();
 }
 
 void ApiConnection::flush() {
   bool progress = false;
   while (out_pos_ < out_.size()) {
-    ssize_t n = ::send(fd_.get(), out_.data() + out_pos_, out_.size() - out_pos_, MSG_NOSIGNAL);
+    ssize_t n = conn_.write(out_.data() + out_pos_, out_.size() - out_pos_);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      log::debug("api {}: send: {}", peer_.to_string(), std::strerror(errno));
+      log::debug("api {}: send: {}", peer_.to_string(), conn_.error_text());
       close();
       return;
     }
@@ -141,7 +147,7 @@ void ApiConnection::flush() {
 
 void ApiConnection::response_done() {
   if (close_after_) {
-    ::shutdown(fd_.get(), SHUT_WR);
+    conn_.shutdown_write();
     phase_ = Phase::kLinger;
     in_.clear();
     if (peer_eof_) {

@@ -21,6 +21,7 @@
 #include "core/cancellable.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/conn.hpp"
 #include "net/sockaddr.hpp"
 #include "proto/http.hpp"
 
@@ -35,11 +36,12 @@ struct ConnectionLimits {
 class ApiConnection {
  public:
   using Closed = std::function<void(ApiConnection*)>;
-  // Takes ownership of `fd` (connected, non-blocking). `limits`, `endpoints`,
+  // Takes ownership of `conn` (connected, non-blocking; TLS established
+  // when the API listens on tls://). `limits`, `endpoints`,
   // `access` (checked with each request head) and `deferred` must outlive the
   // connection; `deferred` destroys finished
   // rpcall handles outside their own callbacks and resumes long pipelines.
-  ApiConnection(ev::Loop* loop, UniqueFd fd, net::SockAddr peer, const ConnectionLimits& limits,
+  ApiConnection(ev::Loop* loop, net::Conn conn, net::SockAddr peer, const ConnectionLimits& limits,
                 Endpoints& endpoints, Access& access, ev::Deferred& deferred, Closed closed);
   ~ApiConnection();
   ApiConnection(const ApiConnection&) = delete;
@@ -76,7 +78,7 @@ class ApiConnection {
   void update_watch();
 
   ev::Loop* loop_;
-  UniqueFd fd_;
+  net::Conn conn_;
   net::SockAddr peer_;
   const ConnectionLimits& limits_;
   Endpoints& endpoints_;

@@ -56,7 +56,7 @@ class RpcCall {
     later_.cancel();
     io_.stop();
     timer_.stop();
-    fd_.reset();
+    conn_.reset();
     if (!in_dial_callback_) dialer_.reset();
   }
   ev::Loop* loop() const { return loop_; }
@@ -64,7 +64,7 @@ class RpcCall {
  private:
   enum class BodyMode { kLength, kChunked, kEof };
 
-  void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
+  void on_dialed(net::Conn conn, net::DialError err, const std::string& msg);
   void on_io(int revents);
   void send_some();
   void receive();
@@ -79,7 +79,7 @@ class RpcCall {
   net::DialOptions opts_;  // the Dialer keeps a reference to it
   RpcCallback cb_;
   std::unique_ptr<net::Dialer> dialer_;
-  UniqueFd fd_;
+  net::Conn conn_;  // TLS through an https:// first hop
   ev::Io io_;
   ev::Timer timer_;
   std::string addr_;
@@ -153,37 +153,45 @@ void RpcCall::start(std::string code, proto::Address target, std::vector<proto::
 
   dialer_ = std::make_unique<net::Dialer>(loop_, resolver_, opts_);
   dialer_->start(std::move(target), std::move(chain), nullptr,
-                 [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                 [this](net::Conn conn, net::DialError err, const std::string& msg) {
                    in_dial_callback_ = true;
-                   on_dialed(std::move(fd), err, msg);
+                   on_dialed(std::move(conn), err, msg);
                    in_dial_callback_ = false;
                  });
 }
 
-void RpcCall::on_dialed(UniqueFd fd, net::DialError err, const std::string& msg) {
+void RpcCall::on_dialed(net::Conn conn, net::DialError err, const std::string& msg) {
   if (finished_) return;
   if (err != net::DialError::kOk) {
     finish(false, fmt::format("rpc: dial {}: {}", addr_, msg.empty() ? to_string(err) : msg));
     return;
   }
-  fd_ = std::move(fd);
-  io_.set(fd_.get(), EV_WRITE);
+  conn_ = std::move(conn);
+  io_.set(conn_.fd(), EV_WRITE);
   io_.start();
 }
 
-void RpcCall::on_io(int revents) {
+void RpcCall::on_io(int /*revents*/) {
   if (finished_) return;
-  if (revents & EV_WRITE) send_some();
-  if (!finished_ && (revents & EV_READ)) receive();
+  // The request is written whole before the response is read; a TLS socket
+  // may wait for either event while doing either.
+  if (!out_.empty()) {
+    send_some();
+    return;
+  }
+  receive();
 }
 
 void RpcCall::send_some() {
   while (out_pos_ < out_.size()) {
-    ssize_t n = ::send(fd_.get(), out_.data() + out_pos_, out_.size() - out_pos_, MSG_NOSIGNAL);
+    ssize_t n = conn_.write(out_.data() + out_pos_, out_.size() - out_pos_);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      finish(false, fmt::format("rpc {}: send: {}", addr_, std::strerror(errno)));
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        io_.modify(conn_.wants());
+        return;
+      }
+      finish(false, fmt::format("rpc {}: send: {}", addr_, conn_.error_text()));
       return;
     }
     out_pos_ += static_cast<size_t>(n);
@@ -195,13 +203,20 @@ void RpcCall::send_some() {
 
 void RpcCall::receive() {
   char buf[kReadChunk];
-  ssize_t n = ::recv(fd_.get(), buf, sizeof buf, 0);
+  ssize_t n = conn_.read(buf, sizeof buf);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-    finish(false, fmt::format("rpc {}: recv: {}", addr_, std::strerror(errno)));
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+      io_.modify(conn_.wants());
+      return;
+    }
+    finish(false, fmt::format("rpc {}: recv: {}", addr_, conn_.error_text()));
     return;
   }
   if (n > 0) in_.append(buf, static_cast<size_t>(n));
+  // Decrypted bytes no socket event will announce.
+  while (n > 0 && conn_.pending() && (n = conn_.read(buf, sizeof buf)) > 0)
+    in_.append(buf, static_cast<size_t>(n));
+  if (n < 0) n = 1;  // EAGAIN after some bytes: not the end
   process(n == 0);
 }
 
@@ -324,7 +339,7 @@ void RpcCall::finish(bool ok, std::string msg) {
   finished_ = true;
   io_.stop();
   timer_.stop();
-  fd_.reset();
+  conn_.reset();
   // A dial still in progress (timeout) is cancelled now; a Dialer whose
   // callback is running is left for the destructor.
   if (!in_dial_callback_) dialer_.reset();

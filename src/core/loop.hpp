@@ -66,6 +66,10 @@ class Io : public Watcher<ev_io> {
   int events() const { return active() ? (w_.events & (EV_READ | EV_WRITE)) : 0; }
   void start() { ev_io_start(loop_, &w_); }
   void stop() { ev_io_stop(loop_, &w_); }
+  // Runs the callback with `revents` in this loop iteration, after the
+  // watchers already pending, as if the fd were ready (for bytes a TLS
+  // library holds, which no socket event announces).
+  void feed(int revents) { ev_feed_event(loop_, &w_, revents); }
 };
 
 class Timer : public Watcher<ev_timer> {

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "net/conn.hpp"
+
 namespace rs::net {
 namespace {
 
@@ -126,6 +128,38 @@ ssize_t ChunkBuffer::fill(int fd) {
 
 ssize_t ChunkBuffer::drain(int fd) {
   ssize_t n = ::send(fd, data_ + off_, pending(), MSG_NOSIGNAL);
+  if (n > 0) {
+    off_ += static_cast<uint32_t>(n);
+    if (pending() == 0) release();
+  }
+  return n;
+}
+
+ssize_t ChunkBuffer::fill(Conn& conn) {
+  if (!conn.tls()) return fill(conn.fd());
+  if (data_ == nullptr) data_ = pools().take_buffer();
+  // A TLS read yields one record (16 KiB at most): fill the whole chunk from
+  // as many as are there, so that a chunk costs one write downstream.
+  size_t got = 0;
+  ssize_t n = 0;
+  while (got < kChunkSize) {
+    n = conn.read(data_ + got, kChunkSize - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got > 0) {
+    off_ = 0;
+    len_ = static_cast<uint32_t>(got);
+    return static_cast<ssize_t>(got);
+  }
+  SaveErrno keep;
+  release();
+  return n;
+}
+
+ssize_t ChunkBuffer::drain(Conn& conn) {
+  if (!conn.tls()) return drain(conn.fd());
+  ssize_t n = conn.write(data_ + off_, pending());
   if (n > 0) {
     off_ += static_cast<uint32_t>(n);
     if (pending() == 0) release();

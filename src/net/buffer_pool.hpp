@@ -16,6 +16,8 @@
 
 namespace rs::net {
 
+class Conn;
+
 // One chunk: a buffer's capacity.
 inline constexpr size_t kChunkSize = 64 * 1024;
 // What a pipe is asked to hold (F_SETPIPE_SZ; fs.pipe-max-size's default, so
@@ -51,6 +53,11 @@ class ChunkBuffer {
   // One send(2) of pending bytes to the socket `fd` (MSG_NOSIGNAL). Returns the
   // byte count or -1 with errno. The chunk goes back once empty.
   ssize_t drain(int fd);
+  // The same through a Conn: a TLS one fills the chunk from as many records
+  // as it holds (the decrypted bytes land in the chunk, no copy between);
+  // EAGAIN then means "wait for conn.wants()".
+  ssize_t fill(Conn& conn);
+  ssize_t drain(Conn& conn);
   // Drops pending bytes and returns the chunk.
   void release();
 

@@ -128,8 +128,8 @@ void Dialer::connect_next() {
       log::debug("{}", last_message_);
       continue;
     }
-    fd_ = std::move(fd);
-    io_.set(fd_.get(), EV_WRITE);
+    conn_ = Conn(std::move(fd));
+    io_.set(conn_.fd(), EV_WRITE);
     io_.start();
     return;
   }
@@ -139,28 +139,28 @@ void Dialer::connect_next() {
 void Dialer::on_connect() {
   int err = 0;
   socklen_t len = sizeof err;
-  getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  getsockopt(conn_.fd(), SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) {
     last_error_ = from_errno(err);
     last_message_ =
         fmt::format("connect {}: {}", addrs_[next_addr_ - 1].to_string(), std::strerror(err));
     log::debug("{}", last_message_);
     io_.stop();
-    fd_.reset();
+    conn_.reset();
     connect_next();
     return;
   }
   io_.stop();
   const SockAddr& sa = addrs_[next_addr_ - 1];
-  if (chain_.empty() && deny_ && reaches_denied_wildcard(fd_.get(), sa, *deny_)) {
+  if (chain_.empty() && deny_ && reaches_denied_wildcard(conn_.fd(), sa, *deny_)) {
     last_error_ = DialError::kNotAllowed;
     last_message_ = fmt::format("{} is not reachable through the proxy", sa.to_string());
-    fd_.reset();
+    conn_.reset();
     connect_next();
     return;
   }
-  if (opts_.self != nullptr && !opts_.self->record(fd_.get(), sa)) {
-    fd_.reset();
+  if (opts_.self != nullptr && !opts_.self->record(conn_.fd(), sa)) {
+    conn_.reset();
     finish(DialError::kNotAllowed, "too many connections to the API through the proxy");
     return;
   }
@@ -170,9 +170,68 @@ void Dialer::on_connect() {
 
 void Dialer::begin_hop() {
   if (hop_ >= chain_.size()) {
+    if (opts_.tls_target && !target_tls_) {
+      target_tls_ = true;
+      start_tls(target_.host_string(), target_.port, "https://" + target_.to_string());
+      return;
+    }
     finish(DialError::kOk, {});
     return;
   }
+  const proto::ProxyUri& hop = chain_[hop_];
+  if (hop.tls) {
+    start_tls(hop.host, hop.port, hop.to_string());
+    return;
+  }
+  start_hop();
+}
+
+void Dialer::start_tls(const std::string& host, uint16_t port, const std::string& name) {
+  tls_peer_ = name;
+  if (conn_.tls()) {
+    finish(DialError::kGeneral,
+           fmt::format("{}: TLS inside TLS is not supported: a chain speaks TLS to one hop "
+                       "(or to an https:// RPC target) only",
+                       name));
+    return;
+  }
+  if (opts_.tls == nullptr) {
+    finish(DialError::kGeneral, fmt::format("{}: TLS is not available", name));
+    return;
+  }
+  SslPtr ssl = opts_.tls->connect(conn_.fd(), host, port);
+  if (!ssl) {
+    finish(DialError::kGeneral, fmt::format("{}: {}", name, tls_error_text()));
+    return;
+  }
+  conn_.set_tls(std::move(ssl));
+  stage_ = Stage::kTls;
+  io_.set(conn_.fd(), EV_WRITE);
+  io_.start();
+}
+
+void Dialer::on_tls() {
+  if (conn_.handshake() == 1) {
+    if (hop_ >= chain_.size()) {
+      finish(DialError::kOk, {});
+    } else {
+      start_hop();
+    }
+    return;
+  }
+  if (errno == EAGAIN) {
+    io_.modify(conn_.wants());
+    return;
+  }
+  // A certificate we do not accept: the host is not the one asked for; any
+  // other failure: the hop refused to talk TLS with us.
+  const std::string why = conn_.error_text();
+  const bool verify = why.starts_with("certificate verify failed");
+  finish(verify ? DialError::kHostUnreachable : DialError::kRefused,
+         fmt::format("{}: TLS: {}", tls_peer_, why));
+}
+
+void Dialer::start_hop() {
   const bool last = hop_ + 1 == chain_.size();
   const proto::Address next = last ? target_ : chain_[hop_ + 1].address();
   if (last && last_command_ != proto::socks5::kConnect &&
@@ -191,22 +250,31 @@ void Dialer::begin_hop() {
   }
   out_ = std::move(first.out);
   in_.clear();
-  io_.set(fd_.get(), EV_WRITE);
+  io_.set(conn_.fd(), EV_WRITE);
   io_.start();
 }
 
-void Dialer::on_io(int revents) {
+void Dialer::on_io(int /*revents*/) {
   if (stage_ == Stage::kConnecting) {
     on_connect();
     return;
   }
+  if (stage_ == Stage::kTls) {
+    on_tls();
+    return;
+  }
   if (stage_ != Stage::kHandshake) return;
-  if (revents & EV_WRITE) {
-    ssize_t n = send(fd_.get(), out_.data(), out_.size(), MSG_NOSIGNAL);
+  // Writing while there is something to write, reading otherwise: a TLS
+  // socket may have to wait for the other event than the one it does.
+  if (!out_.empty()) {
+    ssize_t n = conn_.write(out_.data(), out_.size());
     if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) return;
-      finish(from_errno(errno),
-             fmt::format("{}: send: {}", chain_[hop_].to_string(), std::strerror(errno)));
+      if (errno == EAGAIN || errno == EINTR) {
+        io_.modify(conn_.wants());
+        return;
+      }
+      finish(errno == EPROTO ? DialError::kGeneral : from_errno(errno),
+             fmt::format("{}: send: {}", chain_[hop_].to_string(), conn_.error_text()));
       return;
     }
     out_.erase(0, static_cast<size_t>(n));
@@ -216,11 +284,14 @@ void Dialer::on_io(int revents) {
   // Peek rather than read, so that bytes after the hop's reply (the target
   // may speak first) stay in the socket for the relay.
   uint8_t buf[4096];
-  ssize_t n = recv(fd_.get(), buf, sizeof buf, MSG_PEEK);
+  ssize_t n = conn_.peek(buf, sizeof buf);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    finish(from_errno(errno),
-           fmt::format("{}: recv: {}", chain_[hop_].to_string(), std::strerror(errno)));
+    if (errno == EAGAIN || errno == EINTR) {
+      io_.modify(conn_.wants());
+      return;
+    }
+    finish(errno == EPROTO ? DialError::kGeneral : from_errno(errno),
+           fmt::format("{}: recv: {}", chain_[hop_].to_string(), conn_.error_text()));
     return;
   }
   if (n == 0) {
@@ -239,7 +310,7 @@ void Dialer::on_io(int revents) {
                fmt::format("{}: handshake reply too long", chain_[hop_].to_string()));
         return;
       }
-      (void)recv(fd_.get(), buf, static_cast<size_t>(n), 0);
+      (void)conn_.read(buf, static_cast<size_t>(n));
       return;
     case HopHandshake::Step::kError:
       finish(step.error, step.message);
@@ -247,7 +318,7 @@ void Dialer::on_io(int revents) {
     case HopHandshake::Step::kSend:
     case HopHandshake::Step::kDone:
       // Consume exactly the reply's bytes still sitting in the socket.
-      (void)recv(fd_.get(), buf, step.consumed - held, 0);
+      (void)conn_.read(buf, step.consumed - held);
       in_.clear();
       break;
   }
@@ -267,7 +338,7 @@ void Dialer::cancel() {
   timer_.stop();
   later_.cancel();
   query_.reset();
-  fd_.reset();
+  conn_.reset();
   cb_ = nullptr;
 }
 
@@ -279,10 +350,10 @@ void Dialer::finish(DialError err, std::string msg) {
     later_.post([this] { finish(last_error_, last_message_); });
     return;
   }
-  UniqueFd fd = err == DialError::kOk ? std::move(fd_) : UniqueFd{};
+  Conn conn = err == DialError::kOk ? std::move(conn_) : Conn{};
   auto cb = std::move(cb_);
   cancel();
-  cb(std::move(fd), err, msg);
+  cb(std::move(conn), err, msg);
 }
 
 }  // namespace rs::net

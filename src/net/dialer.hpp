@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/conn.hpp"
 #include "net/dial_error.hpp"
 #include "net/hop.hpp"
 #include "net/resolver.hpp"
@@ -32,6 +32,12 @@ struct DialOptions {
   // connection to a watched address (the API) is recorded there once
   // connected, before any hop's handshake or the callback.
   SelfConnections* self = nullptr;
+  // The client context for TLS hops (https://, socks5s://); null: such hops
+  // fail. Must outlive every Dialer and every connection it made.
+  TlsClient* tls = nullptr;
+  // Speak TLS to the target itself once past the chain (RPC to an https://
+  // API), verified against the target's name.
+  bool tls_target = false;
 };
 
 // Applies DialOptions' socket options to a connected or accepted socket.
@@ -39,10 +45,13 @@ void tune_socket(int fd, const DialOptions& opts);
 
 class Dialer {
  public:
-  // On success fd is a connected, non-blocking socket past every hop's
-  // handshake. Called once, from the loop, never from inside start(). The
-  // owner must not destroy the Dialer inside the callback (defer it).
-  using Callback = std::function<void(UniqueFd fd, DialError err, const std::string& msg)>;
+  // On success conn is a connected, non-blocking socket past every hop's
+  // handshake, TLS when a hop is (https://, socks5s://) or with
+  // tls_target. TLS goes over whatever tunnel the hops before it made, but
+  // only once: a second TLS layer (TLS inside TLS) is refused (kGeneral). Called once, from the
+  // loop, never from inside start(). The owner must not destroy the Dialer inside the callback
+  // (defer it).
+  using Callback = std::function<void(Conn conn, DialError err, const std::string& msg)>;
 
   // `loop`, `resolver` and `opts` must outlive the Dialer (and so does the
   // loop's Deferred, which the loop owns).
@@ -69,6 +78,10 @@ class Dialer {
   void connect_next();
   void on_connect();
   void begin_hop();
+  void start_hop();
+  // TLS with `host` over the connection as it is; `name` for messages.
+  void start_tls(const std::string& host, uint16_t port, const std::string& name);
+  void on_tls();
   void on_io(int revents);
   void finish(DialError err, std::string msg);
 
@@ -85,18 +98,27 @@ class Dialer {
   size_t next_addr_ = 0;
   DialError last_error_ = DialError::kHostUnreachable;
   std::string last_message_;
-  UniqueFd fd_;
+  Conn conn_;
   ev::Io io_;
   ev::Timer timer_;
   bool in_start_ = false;  // finish() must defer to later_
 
   uint8_t last_command_ = 1;  // SOCKS5 CONNECT
   proto::Address last_bound_;
-  size_t hop_ = 0;  // index of the hop whose handshake is running
+  size_t hop_ = 0;           // index of the hop whose handshake is running
+  bool target_tls_ = false;  // opts_.tls_target: the handshake with the target began
+  std::string tls_peer_;     // whom the running TLS handshake is with
   std::unique_ptr<HopHandshake> hs_;
   std::string out_;          // handshake bytes not yet written
   std::vector<uint8_t> in_;  // reply bytes taken while incomplete
-  enum class Stage { kIdle, kResolving, kConnecting, kHandshake, kDone } stage_ = Stage::kIdle;
+  enum class Stage {
+    kIdle,
+    kResolving,
+    kConnecting,
+    kTls,
+    kHandshake,
+    kDone
+  } stage_ = Stage::kIdle;
   // Delivers a failure found inside start() from the loop (Deferred::of(loop),
   // which runs even while other I/O is pending); cancelled with the Dialer.
   ev::Deferred::Scope later_;

@@ -25,15 +25,14 @@ bool splice_unsupported(int err) {
 
 }  // namespace
 
-Relay::Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions opts,
-             DoneCallback done)
+Relay::Relay(ev::Loop* loop, Conn client, Conn upstream, RelayOptions opts, DoneCallback done)
     : loop_(loop),
       opts_(opts),
       done_(std::move(done)),
       client_(std::move(client)),
       upstream_(std::move(upstream)),
-      up_(this, Dir::kUp, client_.get(), upstream_.get()),
-      down_(this, Dir::kDown, upstream_.get(), client_.get()),
+      up_(this, Dir::kUp, client_, upstream_),
+      down_(this, Dir::kDown, upstream_, client_),
       timer_(loop, [this](int) { on_timer(); }) {}
 
 Relay::~Relay() = default;
@@ -99,16 +98,17 @@ void Relay::close(std::string_view reason) {
   done_(stats_, reason);
 }
 
-Relay::Pump::Pump(Relay* relay, Dir dir, int src, int dst)
+Relay::Pump::Pump(Relay* relay, Dir dir, Conn& src, Conn& dst)
     : relay_(relay),
       dir_(dir),
-      splice_(relay->opts_.use_splice),
-      src_(src),
-      dst_(dst),
+      // splice(2) would move ciphertext: a TLS leg copies.
+      splice_(relay->opts_.use_splice && !src.tls() && !dst.tls()),
+      src_(&src),
+      dst_(&dst),
       src_watcher_(relay->loop_, [this](int) { on_readable(); }),
       dst_watcher_(relay->loop_, [this](int) { on_writable(); }) {
-  src_watcher_.set(src, EV_READ);
-  dst_watcher_.set(dst, EV_WRITE);
+  src_watcher_.set(src.fd(), EV_READ);
+  dst_watcher_.set(dst.fd(), EV_WRITE);
 }
 
 void Relay::Pump::start(std::string_view preamble) {
@@ -117,6 +117,8 @@ void Relay::Pump::start(std::string_view preamble) {
     dst_watcher_.start();
   } else {
     src_watcher_.start();
+    // A TLS handshake may have brought the first bytes along.
+    if (src_->pending()) src_watcher_.feed(EV_READ);
   }
 }
 
@@ -139,7 +141,12 @@ void Relay::Pump::on_readable() {
     if (n < 0) {
       int err = errno;
       if (err == EINTR) continue;
-      if (!would_block(err)) fail(src_, "read", err);
+      if (!would_block(err)) {
+        fail(*src_, "read", err);
+      } else if (src_->tls()) {
+        // A TLS read may wait for the socket to take bytes (a key update).
+        src_watcher_.modify(src_->wants());
+      }
       return;
     }
     if (flush() != Flush::kDone) return;
@@ -148,6 +155,9 @@ void Relay::Pump::on_readable() {
     if (static_cast<size_t>(n) < (splice_ ? kPipeSize : kChunkSize)) return;
     moved += static_cast<size_t>(n);
   }
+  // Out of budget with records already decrypted: no socket event will say
+  // so, so come back after the other sessions had their turn.
+  if (src_->pending()) src_watcher_.feed(EV_READ);
 }
 
 void Relay::Pump::on_writable() {
@@ -171,13 +181,14 @@ void Relay::Pump::finish() {
   state_ = State::kFinished;
   stop();
   // Failure (ENOTCONN after a reset) is left to the other pump to report.
-  ::shutdown(dst_, SHUT_WR);
+  dst_->shutdown_write();
   relay_->on_pump_finished();
 }
 
-void Relay::Pump::fail(int fd, const char* op, int err) {
-  const char* side = fd == relay_->client_.get() ? "client" : "upstream";
-  relay_->close(fmt::format("{} {}: {}", side, op, std::strerror(err)));
+void Relay::Pump::fail(const Conn& conn, const char* op, int err) {
+  const char* side = &conn == &relay_->client_ ? "client" : "upstream";
+  relay_->close(
+      fmt::format("{} {}: {}", side, op, err == EPROTO ? conn.error_text() : std::strerror(err)));
 }
 
 Relay::Pump::Flush Relay::Pump::flush() {
@@ -193,7 +204,8 @@ Relay::Pump::Flush Relay::Pump::flush() {
     if (err == EINTR) continue;
     if (would_block(err)) {
       src_watcher_.stop();
-      dst_watcher_.start();
+      // A TLS write may wait for the socket to bring bytes (a key update).
+      dst_watcher_.modify(dst_->tls() ? dst_->wants() : EV_WRITE);
       return Flush::kBlocked;
     }
     // The destination refuses splice: copy what the pipe holds, and from now on.
@@ -201,7 +213,7 @@ Relay::Pump::Flush Relay::Pump::flush() {
       splice_ = false;
       continue;
     }
-    fail(dst_, "write", err);
+    fail(*dst_, "write", err);
     return Flush::kClosed;
   }
   return Flush::kDone;
@@ -209,7 +221,7 @@ Relay::Pump::Flush Relay::Pump::flush() {
 
 ssize_t Relay::Pump::fill() {
   if (splice_) {
-    ssize_t n = pipe_.fill(src_);
+    ssize_t n = pipe_.fill(src_->fd());
     if (n >= 0) return n;
     int err = errno;
     if (splice_unsupported(err)) {
@@ -219,13 +231,12 @@ ssize_t Relay::Pump::fill() {
     }
     // Otherwise no pipe could be made: copy this one chunk.
   }
-  return buf_.fill(src_);
+  return buf_.fill(*src_);
 }
 
 ssize_t Relay::Pump::drain() {
   if (preamble_sent_ < preamble_.size()) {
-    ssize_t n = ::send(dst_, preamble_.data() + preamble_sent_, preamble_.size() - preamble_sent_,
-                       MSG_NOSIGNAL);
+    ssize_t n = dst_->write(preamble_.data() + preamble_sent_, preamble_.size() - preamble_sent_);
     if (n > 0) {
       preamble_sent_ += static_cast<size_t>(n);
       if (preamble_sent_ == preamble_.size()) {
@@ -235,8 +246,8 @@ ssize_t Relay::Pump::drain() {
     }
     return n;
   }
-  if (pipe_.pending() > 0) return pipe_.drain(dst_);
-  return buf_.drain(dst_);
+  if (pipe_.pending() > 0) return pipe_.drain(dst_->fd());
+  return buf_.drain(*dst_);
 }
 
 size_t Relay::Pump::pending() const {

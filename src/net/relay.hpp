@@ -18,6 +18,10 @@
 // rs::ev::Deferred. Destroying a Relay before `done` runs is fine: it stops
 // silently and `done` never runs.
 //
+// Either side may be TLS (net/conn.hpp): records are decrypted straight into
+// the pooled chunk and encrypted from it; a direction with a TLS end copies
+// even with use_splice. A TLS side's EOF is passed on as close_notify.
+//
 // With use_splice, writing into a socket whose peer is gone raises SIGPIPE
 // (splice(2) has no MSG_NOSIGNAL), so the process must ignore SIGPIPE.
 #pragma once
@@ -30,9 +34,9 @@
 #include <string>
 #include <string_view>
 
-#include "core/fd.hpp"
 #include "core/loop.hpp"
 #include "net/buffer_pool.hpp"
+#include "net/conn.hpp"
 
 namespace rs::net {
 
@@ -69,9 +73,9 @@ class Relay {
   static constexpr std::string_view kBidirTimeout = "timeout before traffic both ways";
   static constexpr std::string_view kLingerTimeout = "idle after half-close";
 
-  // Takes ownership of both stream sockets, which must be non-blocking
+  // Takes ownership of both connections, whose sockets must be non-blocking
   // (accept4 and the dialer make them so: no fcntl per session here).
-  Relay(ev::Loop* loop, UniqueFd client, UniqueFd upstream, RelayOptions opts, DoneCallback done);
+  Relay(ev::Loop* loop, Conn client, Conn upstream, RelayOptions opts, DoneCallback done);
   // Stops the watchers, returns chunks to the pools and closes both fds.
   ~Relay();
   Relay(const Relay&) = delete;
@@ -98,7 +102,7 @@ class Relay {
   // without knowing what the other one is waiting for.
   class Pump {
    public:
-    Pump(Relay* relay, Dir dir, int src, int dst);
+    Pump(Relay* relay, Dir dir, Conn& src, Conn& dst);
     // `preamble` goes to dst before anything read from src.
     void start(std::string_view preamble);
     // Stops both watchers and drops whatever is in flight.
@@ -113,8 +117,8 @@ class Relay {
     void on_writable();
     void on_eof();
     void finish();
-    // Closes the relay, naming the side of `fd` in the reason.
-    void fail(int fd, const char* op, int err);
+    // Closes the relay, naming the side of `conn` in the reason.
+    void fail(const Conn& conn, const char* op, int err);
     // Writes pending bytes until done, blocked (then waits for EV_WRITE) or
     // failed (then the relay is closed).
     Flush flush();
@@ -126,8 +130,8 @@ class Relay {
     Dir dir_;
     State state_ = State::kConnected;
     bool splice_;
-    int src_;
-    int dst_;
+    Conn* src_;
+    Conn* dst_;
     std::string preamble_;
     size_t preamble_sent_ = 0;
     // At most one of these holds bytes at a time.
@@ -152,8 +156,8 @@ class Relay {
   bool lingering_ = false;  // one direction has finished
   // The fds are declared before the pumps so that the watchers stop before
   // the fds close.
-  UniqueFd client_;
-  UniqueFd upstream_;
+  Conn client_;
+  Conn upstream_;
   Pump up_;
   Pump down_;
   ev::Timer timer_;

@@ -10,10 +10,12 @@ namespace rs::proto {
 
 namespace {
 
-std::optional<ProxyUri::Scheme> parse_scheme(std::string_view s) {
+std::optional<ProxyUri::Scheme> parse_scheme(std::string_view s, bool& tls) {
+  tls = iequals(s, "https") || iequals(s, "socks5s");
   if (iequals(s, "socks4a") || iequals(s, "socks4")) return ProxyUri::Scheme::kSocks4a;
-  if (iequals(s, "socks5") || iequals(s, "socks5h")) return ProxyUri::Scheme::kSocks5;
-  if (iequals(s, "http")) return ProxyUri::Scheme::kHttp;
+  if (iequals(s, "socks5") || iequals(s, "socks5h") || iequals(s, "socks5s"))
+    return ProxyUri::Scheme::kSocks5;
+  if (iequals(s, "http") || iequals(s, "https")) return ProxyUri::Scheme::kHttp;
   return std::nullopt;
 }
 
@@ -73,6 +75,7 @@ Address ProxyUri::address() const {
 
 std::string ProxyUri::to_string() const {
   std::string out(scheme_name(scheme));
+  if (tls) out += 's';  // https, socks5s
   out += "://";
   if (has_auth) out += "***@";
   out += host_for_uri(host) + ":" + std::to_string(port);
@@ -85,7 +88,7 @@ ProxyUriResult parse_proxy_uri(std::string_view text) {
   ProxyUri uri;
   size_t sep = text.find("://");
   if (sep == std::string_view::npos) return fail("missing scheme (e.g. socks5://)");
-  auto scheme = parse_scheme(text.substr(0, sep));
+  auto scheme = parse_scheme(text.substr(0, sep), uri.tls);
   if (!scheme) return fail("unknown scheme \"" + std::string(text.substr(0, sep)) + "\"");
   uri.scheme = *scheme;
 

@@ -14,7 +14,8 @@ namespace rs::proto {
 
 //   scheme "://" [ user [ ":" password ] "@" ] host ":" port [ "/" ]
 // scheme: socks4a (socks4 is read as socks4a), socks5 (socks5h is the same:
-// names are always resolved by the proxy), http; in any case.
+// names are always resolved by the proxy), http; in any case. https (HTTP
+// CONNECT) and socks5s (SOCKS5) are the same spoken over TLS to the hop.
 // host: a name, an IPv4 address or a bracketed IPv6 address.
 // port: required, 1..65535; there is no default.
 // user, password: percent-decoded; socks4a takes a user (sent as USERID) but
@@ -29,9 +30,10 @@ struct ProxyUri {
   std::string username;
   std::string password;
   bool has_auth = false;  // a userinfo part was given, even if empty
+  bool tls = false;       // https, socks5s: the hop is spoken to over TLS
 
   Address address() const;
-  // The canonical form with credentials masked ("socks5://***@host:1080"),
+  // The canonical form (https/socks5s for TLS) with credentials masked ("socks5://***@host:1080"),
   // safe for logs.
   std::string to_string() const;
   bool operator==(const ProxyUri&) const = default;

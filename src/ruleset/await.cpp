@@ -349,7 +349,7 @@ class InvokeOp : public Op {
     size_t len = 0;
     const char* code = lua_tolstring(L, first, &len);
     call_ = host->invoke(std::string(code, len), std::move(target.addr), std::move(target.chain),
-                         [this](bool ok, std::string body) {
+                         target.tls, [this](bool ok, std::string body) {
                            ok_ = ok;
                            body_ = std::move(body);
                            complete();
@@ -429,9 +429,10 @@ class ForwardOp : public Op {
     job_id_ = job_id;
     through_proxy_ = !d.chain.empty();
     decision_ = std::move(d);
-    dial_ = fwd.forward_dial(decision_, [this](UniqueFd fd, net::DialError err, std::string msg) {
-      on_dialed(std::move(fd), err, std::move(msg));
-    });
+    dial_ =
+        fwd.forward_dial(decision_, [this](net::Conn conn, net::DialError err, std::string msg) {
+          on_dialed(std::move(conn), err, std::move(msg));
+        });
   }
 
   static int push_results(lua_State* L, ForwardOp& op) {
@@ -444,7 +445,7 @@ class ForwardOp : public Op {
 
  private:
   // From the loop, not inside Lua: the handle (dial_) stays until halt().
-  void on_dialed(UniqueFd fd, net::DialError err, std::string msg) {
+  void on_dialed(net::Conn conn, net::DialError err, std::string msg) {
     if (done()) return;
     Job* job = rt_.find_job(job_id_);
     Forwarder* fwd = job != nullptr ? job->forwarder : nullptr;
@@ -452,7 +453,7 @@ class ForwardOp : public Op {
       error_ = forward_error_name(err, through_proxy_);
       detail_ = std::move(msg);
     } else if (fwd == nullptr) {
-      // The client left meanwhile: `fd` closes here.
+      // The client left meanwhile: `conn` closes here.
       error_ = "request cancelled";
     } else {
       ok_ = true;
@@ -460,7 +461,7 @@ class ForwardOp : public Op {
       // from inside it must leave this routine running.
       rt_.mark_forwarded(*job);
       try {
-        fwd->forward_commit(std::move(fd), std::move(decision_));
+        fwd->forward_commit(std::move(conn), std::move(decision_));
       } catch (const std::exception& e) {
         log::error("ruleset: await.forward: {}", e.what());
       }
@@ -521,15 +522,15 @@ class ConnectOp : public Op {
     if (host == nullptr) throw std::runtime_error("await.connect: dialing is not available");
     through_proxy_ = !d.chain.empty();
     started_ = ev_now(rt_.loop());
-    dial_ = host->connect(d, [this](UniqueFd fd, net::DialError err, std::string msg) {
+    dial_ = host->connect(d, [this](net::Conn conn, net::DialError err, std::string msg) {
       if (done()) return;
       seconds_ = ev_now(rt_.loop()) - started_;
-      ok_ = err == net::DialError::kOk && fd;
+      ok_ = err == net::DialError::kOk && conn;
       if (!ok_) {
         error_ = forward_error_name(err, through_proxy_);
         detail_ = std::move(msg);
       }
-      fd.reset();  // a probe: connected is all it asks
+      conn.reset();  // a probe: connected is all it asks
       complete();
     });
     if (!dial_ && !done()) throw std::runtime_error("await.connect: dialing is not available");

@@ -25,6 +25,7 @@
 #include "core/cancellable.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/conn.hpp"
 #include "net/dial_error.hpp"
 #include "net/resolver.hpp"
 #include "proto/address.hpp"
@@ -53,15 +54,16 @@ struct Decision {
 // every method runs on the loop thread, never inside Lua frames.
 struct Forwarder {
   virtual ~Forwarder() = default;
-  using DialCallback = std::function<void(UniqueFd fd, net::DialError err, std::string msg)>;
+  using DialCallback = std::function<void(net::Conn conn, net::DialError err, std::string msg)>;
   // Dials d.target through d.chain (dial order) bounded by the server's
   // timeout, then cb once, from the loop. Destroying the handle cancels (no
   // callback after that); it is never destroyed inside cb. May throw.
   virtual std::unique_ptr<Cancellable> forward_dial(const Decision& d, DialCallback cb) = 0;
-  // A dial succeeded: the request is answered with `fd` (reply, then relay).
+  // A dial succeeded: the request is answered over `conn` (reply, then relay;
+  // TLS already when the last hop is https:// or socks5s://).
   // Called at most once per request; after it the route callback is never
   // called, and the owner may drop the route handle at once.
-  virtual void forward_commit(UniqueFd fd, Decision d) = 0;
+  virtual void forward_commit(net::Conn conn, Decision d) = 0;
 };
 
 // One proxy request, as the ruleset callbacks see it.
@@ -126,8 +128,9 @@ struct Host {
   // callback after that). Returns nullptr when RPC is unavailable. Runs inside
   // Lua (no Lua call in its frames): it must not call back into the Engine
   // synchronously.
+  // `tls`: the target was written https://host:port (its API speaks HTTPS).
   virtual std::unique_ptr<Cancellable> invoke(
-      std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain,
+      std::string code, proto::Address addr, std::vector<proto::ProxyUri> chain, bool tls,
       std::function<void(bool ok, std::string body_or_error)> cb) = 0;
   // await.connect: dials d.target through d.chain (dial order, parsed by the
   // engine) bounded by the server's timeout, never to the API, then cb once

@@ -13,6 +13,7 @@
 #include "core/log.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
+#include "proto/text.hpp"
 #include "ruleset/lib/libs.hpp"
 
 namespace rs::ruleset::detail {
@@ -281,7 +282,14 @@ RpcTarget parse_rpc_target(lua_State* L, int first, int last, const char* who) {
     return std::string_view(s, len);
   };
   RpcTarget t;
-  auto addr = proto::parse_address(text(first));
+  std::string_view where = text(first);
+  // "https://host:port": the peer's API speaks HTTPS (--api tls://).
+  if (where.size() > 8 && proto::iequals(where.substr(0, 8), "https://")) {
+    t.tls = true;
+    where.remove_prefix(8);
+    if (where.ends_with('/')) where.remove_suffix(1);
+  }
+  auto addr = proto::parse_address(where);
   // As in neosocksd, a target that can never be dialled is the caller's error,
   // not an invocation lost later.
   if (!addr)
@@ -302,7 +310,7 @@ void Runtime::invoke_detached(std::string code, RpcTarget target) {
   if (host_ == nullptr) throw std::runtime_error("neosocksd.invoke: RPC is not available");
   const uint64_t id = next_id();
   auto handle = host_->invoke(std::move(code), std::move(target.addr), std::move(target.chain),
-                              [this, id](bool ok, std::string err) {
+                              target.tls, [this, id](bool ok, std::string err) {
                                 if (!ok) log::warning("ruleset: neosocksd.invoke: {}", err);
                                 // Not from inside the handle's own callback.
                                 post([this, id] {

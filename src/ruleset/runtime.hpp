@@ -79,6 +79,7 @@ namespace rs::ruleset::detail {
 struct RpcTarget {
   proto::Address addr;
   std::vector<proto::ProxyUri> chain;  // dial order
+  bool tls = false;                    // written https://host:port
 };
 // Parses (addr, proxyN, ..., proxy1), strings at L[first..last]. C++ only (no Lua
 // errors): throws std::invalid_argument naming the bad value, prefixed by `who`.

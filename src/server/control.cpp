@@ -72,6 +72,7 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
     opts.timeout = cfg.timeout;
     opts.access.key = cfg.api_key;
     opts.self = &server.self_connections();
+    if (server.api_tls()) opts.tls = &server.tls_server_context();
     api_ = std::make_unique<api::ApiServer>(server.loop(), *api_listen, *this, opts);
     api_->start();
   }
@@ -452,7 +453,7 @@ ruleset::HostStats Control::stats() {
 }
 
 std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address addr,
-                                             std::vector<proto::ProxyUri> chain,
+                                             std::vector<proto::ProxyUri> chain, bool tls,
                                              std::function<void(bool, std::string)> cb) {
   // The -x chain (parsed at start-up) is the way out of this node, so it comes first.
   std::vector<proto::ProxyUri> hops = server_.proxy_chain();
@@ -461,6 +462,7 @@ std::unique_ptr<Cancellable> Control::invoke(std::string code, proto::Address ad
   // The node's own RPC calls are not proxied clients: not recorded as such.
   net::DialOptions opts = server_.dial_options();
   opts.self = nullptr;
+  opts.tls_target = tls;
   auto it = peer_keys_.find(addr.to_string());
   std::string key = it != peer_keys_.end() ? it->second : server_.config().api_key;
   return api::rpc_call(server_.loop(), &server_.resolver(), opts, std::move(code), std::move(addr),

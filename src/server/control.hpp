@@ -53,7 +53,7 @@ class Control : public ruleset::Host, public api::ApiBackend {
   ruleset::HostConfig config() override;
   ruleset::HostStats stats() override;
   std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
-                                      std::vector<proto::ProxyUri> chain,
+                                      std::vector<proto::ProxyUri> chain, bool tls,
                                       std::function<void(bool, std::string)> cb) override;
   void set_api_key(const proto::Address& addr, std::optional<std::string> key) override;
   // await.connect (health probes): never to the API, not counted as traffic.

@@ -19,11 +19,11 @@ ForwardDial::ForwardDial(Server& server, const proto::Address& asked, const rule
   std::string label = chain_label(d.chain);
   dialer_->start(copy.target, std::move(chain), deny,
                  [this, started, record, label = std::move(label), cb = std::move(cb)](
-                     UniqueFd fd, net::DialError err, const std::string& msg) {
+                     net::Conn conn, net::DialError err, const std::string& msg) {
                    if (record)
                      server_.stats().record_dial(label, err == net::DialError::kOk,
                                                  ev_now(server_.loop()) - started);
-                   cb(std::move(fd), err, msg);
+                   cb(std::move(conn), err, msg);
                  });
 }
 

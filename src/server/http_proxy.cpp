@@ -23,7 +23,7 @@ constexpr double kLinger = 2.0;  // seconds to let a client read an error reply
 constexpr size_t kMaxHeaderFields = 100;
 }  // namespace
 
-HttpProxy::HttpProxy(Server& server, UniqueFd client, const net::SockAddr& peer, std::string in,
+HttpProxy::HttpProxy(Server& server, net::Conn client, const net::SockAddr& peer, std::string in,
                      Done done)
     : server_(server),
       client_(std::move(client)),
@@ -56,28 +56,31 @@ void HttpProxy::stop() {
 }
 
 void HttpProxy::start() {
-  client_io_.set(client_.get(), 0);
+  client_io_.set(client_.fd(), 0);
   timer_.start(server_.config().timeout);
   // The first head is already in `in_`: parse it from the loop, not here.
   later_.post([this] { run(); });
 }
 
-HttpProxy::Io HttpProxy::read_some(int fd, std::string* into) {
+HttpProxy::Io HttpProxy::read_some(net::Conn& conn, std::string* into) {
   // Through the stack: growing the string by a whole chunk for every read
   // would zero-fill (and, when discarding, allocate) 16 KiB however little
   // arrives.
   char chunk[kReadChunk];
-  const ssize_t n = recv(fd, chunk, sizeof chunk, 0);
+  ssize_t n = conn.read(chunk, sizeof chunk);
   if (n > 0) {
     if (into != nullptr) into->append(chunk, static_cast<size_t>(n));
+    // What TLS already decrypted no socket event announces: take it now.
+    while (conn.pending() && (n = conn.read(chunk, sizeof chunk)) > 0)
+      if (into != nullptr) into->append(chunk, static_cast<size_t>(n));
     return Io::kMoved;
   }
   if (n == 0) return Io::kEof;
   return errno == EAGAIN || errno == EINTR ? Io::kBlocked : Io::kFailed;
 }
 
-HttpProxy::Io HttpProxy::write_some(int fd, std::string& buf) {
-  ssize_t n = send(fd, buf.data(), buf.size(), MSG_NOSIGNAL);
+HttpProxy::Io HttpProxy::write_some(net::Conn& conn, std::string& buf) {
+  ssize_t n = conn.write(buf.data(), buf.size());
   if (n > 0) {
     buf.erase(0, static_cast<size_t>(n));
     return Io::kMoved;
@@ -92,7 +95,7 @@ void HttpProxy::run() {
     progress = false;
     client_events_ = upstream_events_ = 0;
     if (!down_out_.empty()) {
-      switch (write_some(client_.get(), down_out_)) {
+      switch (write_some(client_, down_out_)) {
         case Io::kMoved:
           progress = moved_ = true;
           break;
@@ -105,7 +108,7 @@ void HttpProxy::run() {
       }
     }
     if (!up_out_.empty() && upstream_) {
-      switch (write_some(upstream_.get(), up_out_)) {
+      switch (write_some(upstream_, up_out_)) {
         case Io::kMoved:
           progress = moved_ = true;
           break;
@@ -148,11 +151,11 @@ void HttpProxy::run() {
             // The reply is out: tell the client, then wait for it to go, so
             // that unread input does not turn our close into a reset that
             // loses the reply.
-            shutdown(client_.get(), SHUT_WR);
+            client_.shutdown_write();
             half_closed_ = true;
           }
           // Discard input until the client leaves.
-          Io r = read_some(client_.get(), nullptr);
+          Io r = read_some(client_, nullptr);
           if (r == Io::kEof || r == Io::kFailed) {
             finish({});
             return;
@@ -192,7 +195,7 @@ bool HttpProxy::step_head() {
     finish(in_.empty() ? "" : "client closed inside a request head");
     return false;
   }
-  switch (read_some(client_.get(), &in_)) {
+  switch (read_some(client_, &in_)) {
     case Io::kMoved:
       return true;
     case Io::kBlocked:
@@ -307,9 +310,9 @@ std::unique_ptr<Cancellable> HttpProxy::forward_dial(const ruleset::Decision& d,
   return std::make_unique<ForwardDial>(server_, request_.target, d, std::move(cb));
 }
 
-void HttpProxy::forward_commit(UniqueFd fd, ruleset::Decision d) {
+void HttpProxy::forward_commit(net::Conn conn, ruleset::Decision d) {
   server_.deferred().dispose(std::move(routing_));
-  if (phase_ != Phase::kRouting) return;  // `fd` closes here
+  if (phase_ != Phase::kRouting) return;  // `conn` closes here
   const bool rewritten = d.target != request_.target;
   if (rewritten) routed_ = d.target;
   auto chain = decision_chain(server_.proxy_chain(), d);
@@ -318,7 +321,7 @@ void HttpProxy::forward_commit(UniqueFd fd, ruleset::Decision d) {
   set_upstream(std::move(d.target), std::move(chain), rewritten);
   phase_ = Phase::kDialing;
   reused_ = false;
-  on_dialed(std::move(fd), net::DialError::kOk, {});
+  on_dialed(std::move(conn), net::DialError::kOk, {});
 }
 
 void HttpProxy::set_upstream(proto::Address target, std::vector<proto::ProxyUri> chain,
@@ -344,7 +347,7 @@ void HttpProxy::connect_upstream(bool use_pool) {
       reused_ = true;
       // As a dial would: the result comes from the loop.
       later_.post([this, fd = std::move(fd)]() mutable {
-        on_dialed(std::move(fd), net::DialError::kOk, {});
+        on_dialed(net::Conn(std::move(fd)), net::DialError::kOk, {});
       });
       return;
     }
@@ -354,14 +357,14 @@ void HttpProxy::connect_upstream(bool use_pool) {
   const auto* deny = may_reach_api_ ? nullptr : &server_.protected_addresses();
   const double started = ev_now(server_.loop());
   dialer_->start(dial_target_, dial_chain_, deny,
-                 [this, started](UniqueFd fd, net::DialError err, const std::string& msg) {
+                 [this, started](net::Conn conn, net::DialError err, const std::string& msg) {
                    server_.stats().record_dial(chain_label(dial_chain_), err == net::DialError::kOk,
                                                ev_now(server_.loop()) - started);
-                   on_dialed(std::move(fd), err, msg);
+                   on_dialed(std::move(conn), err, msg);
                  });
 }
 
-void HttpProxy::on_dialed(UniqueFd fd, net::DialError err, const std::string& msg) {
+void HttpProxy::on_dialed(net::Conn conn, net::DialError err, const std::string& msg) {
   server_.deferred().dispose(std::move(dialer_));
   if (phase_ != Phase::kDialing) return;
   if (err != net::DialError::kOk) {
@@ -374,8 +377,8 @@ void HttpProxy::on_dialed(UniqueFd fd, net::DialError err, const std::string& ms
   }
   log::info("{}: http {} {}{}{}{}", peer_, method_, request_.target, routed_ ? " via " : "",
             routed_ ? routed_->to_string() : "", reused_ ? " (reused)" : "");
-  upstream_ = std::move(fd);
-  upstream_io_.set(upstream_.get(), 0);
+  upstream_ = std::move(conn);
+  upstream_io_.set(upstream_.fd(), 0);
   phase_ = Phase::kExchange;
   timer_.stop();
   if (server_.relay_options().idle_timeout > 0)
@@ -419,7 +422,7 @@ bool HttpProxy::step_request_body() {
     return true;
   }
   if (!in_.empty()) return progress;
-  switch (read_some(client_.get(), &in_)) {
+  switch (read_some(client_, &in_)) {
     case Io::kMoved:
       return true;
     case Io::kBlocked:
@@ -500,7 +503,7 @@ bool HttpProxy::step_response() {
     response_done_ = true;
     return true;
   }
-  switch (read_some(upstream_.get(), &resp_in_)) {
+  switch (read_some(upstream_, &resp_in_)) {
     case Io::kMoved:
       return true;
     case Io::kBlocked:
@@ -545,9 +548,10 @@ bool HttpProxy::retry_on_fresh_connection() {
 }
 
 void HttpProxy::end_exchange() {
-  if (pool_ok_ && request_done_ && up_out_.empty() && resp_in_.empty()) {
+  // The pool keeps plain sockets: a TLS hop's connection is not reused.
+  if (pool_ok_ && request_done_ && up_out_.empty() && resp_in_.empty() && !upstream_.tls()) {
     upstream_io_.stop();
-    server_.upstream_pool().put(pool_key_, std::move(upstream_));
+    server_.upstream_pool().put(pool_key_, upstream_.release_fd());
   }
   drop_upstream();
   if (!keep_alive_) {

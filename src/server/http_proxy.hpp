@@ -46,7 +46,7 @@ class HttpProxy : private ruleset::Forwarder {
 
   // Takes ownership of the client socket; `in` is what was read from it so
   // far (the start of the first request). `server` outlives the HttpProxy.
-  HttpProxy(Server& server, UniqueFd client, const net::SockAddr& peer, std::string in, Done done);
+  HttpProxy(Server& server, net::Conn client, const net::SockAddr& peer, std::string in, Done done);
   // Stops everything and closes both sockets; `done` does not run.
   ~HttpProxy();
   HttpProxy(const HttpProxy&) = delete;
@@ -74,11 +74,11 @@ class HttpProxy : private ruleset::Forwarder {
   void set_upstream(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
   // Dials dial_target_ through dial_chain_, or takes a pooled connection.
   void connect_upstream(bool use_pool);
-  void on_dialed(UniqueFd fd, net::DialError err, const std::string& msg);
+  void on_dialed(net::Conn conn, net::DialError err, const std::string& msg);
   // await.forward (ruleset::Forwarder): on success the exchange goes on over
   // the ruleset's connection as over one of its own dials.
   std::unique_ptr<Cancellable> forward_dial(const ruleset::Decision& d, DialCallback cb) override;
-  void forward_commit(UniqueFd fd, ruleset::Decision d) override;
+  void forward_commit(net::Conn conn, ruleset::Decision d) override;
   // For a bodyless request whose pooled upstream failed before answering:
   // redials and returns true.
   bool retry_on_fresh_connection();
@@ -93,15 +93,15 @@ class HttpProxy : private ruleset::Forwarder {
   void drop_upstream();
 
   // Appends what one recv() brings to `into`, or discards it when null.
-  Io read_some(int fd, std::string* into);
+  Io read_some(net::Conn& conn, std::string* into);
   // Moves the first `n` body bytes of `from` (as the body reader accepted
   // them) to `to`, counting them in `counter`.
   void pass_body(std::string& from, std::string& to, size_t n, uint64_t& counter);
-  Io write_some(int fd, std::string& buf);
+  Io write_some(net::Conn& conn, std::string& buf);
 
   Server& server_;
-  UniqueFd client_;
-  UniqueFd upstream_;
+  net::Conn client_;  // plain, or TLS from a tls:// listener
+  net::Conn upstream_;
   net::SockAddr peer_;
   Done done_;
   Phase phase_ = Phase::kHead;

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "core/log.hpp"
+#include "proto/text.hpp"
 #include "server/control.hpp"
 #include "server/session.hpp"
 #include "server/udp_forward.hpp"
@@ -23,6 +24,14 @@ namespace {
 // Idle upstream connections kept for plain HTTP requests, all origins
 // together: a few per busy origin, few enough to fit the fd headroom.
 constexpr size_t kPooledUpstreams = 16;
+
+// "tls://ADDR" -> ADDR, true; anything else as it is.
+std::pair<std::string, bool> strip_tls(const std::string& text) {
+  constexpr std::string_view kPrefix = "tls://";
+  if (text.size() > kPrefix.size() && proto::iequals(text.substr(0, kPrefix.size()), kPrefix))
+    return {text.substr(kPrefix.size()), true};
+  return {text, false};
+}
 
 net::SockAddr parse_listen(const std::string& text) {
   if (auto sa = net::parse_sockaddr(text)) return *sa;
@@ -101,6 +110,10 @@ Server::Server(ev::Loop* loop, const Config& cfg)
   dial_.keepalive = cfg.tcp_keepalive;
   dial_.blocked_classes = cfg.block_outbound;
   dial_.self = &self_;
+  tls_client_ = std::make_unique<net::TlsClient>(cfg.tls_ca);
+  dial_.tls = tls_client_.get();
+  if (!cfg.tls_cert.empty())
+    tls_server_ = net::make_server_context({cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca});
   relay_.use_splice = cfg.pipe;
   relay_.bidir_timeout = cfg.bidir_timeout;
   relay_.idle_timeout = cfg.bidir_timeout ? cfg.timeout : 0;
@@ -131,7 +144,13 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     if (!forward_) throw std::runtime_error("bad forward address \"" + cfg.forward + "\"");
   }
   std::optional<net::SockAddr> api;
-  if (!cfg.api.empty()) api = parse_listen(cfg.api);
+  if (!cfg.api.empty()) {
+    const auto [text, tls] = strip_tls(cfg.api);
+    if (tls && !tls_server_)
+      throw std::runtime_error("--api " + cfg.api + " needs --tls-cert and --tls-key");
+    api_tls_ = tls;
+    api = parse_listen(text);
+  }
   control_ = std::make_unique<Control>(*this, api);
   if (auto bound = control_->api_address()) {
     protected_.push_back(*bound);
@@ -143,7 +162,12 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     throw std::runtime_error("--tproxy is incompatible with a bare --http");
   const std::string forward_note =
       forward_by_ruleset_ ? "forward, the ruleset picks the target" : "forward to " + cfg.forward;
-  auto add = [&](const std::string& text, ListenerKind kind) {
+  auto add = [&](const std::string& given, ListenerKind kind) {
+    const auto [text, tls] = strip_tls(given);
+    if (tls && kind == ListenerKind::kForward)
+      throw std::runtime_error("tls:// is for proxy listeners, not with -f: " + given);
+    if (tls && !tls_server_)
+      throw std::runtime_error("listener " + given + " needs --tls-cert and --tls-key");
     net::AcceptorOptions opts{.name = "listener",
                               .reuseport = cfg.reuseport,
                               .fastopen = cfg.tcp_fastopen,
@@ -160,7 +184,7 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     const size_t index = listeners_.size();
     listeners_.push_back(std::make_unique<net::Acceptor>(
         loop, parse_listen(text), opts,
-        [this, kind, index](UniqueFd fd, const net::SockAddr& peer) {
+        [this, kind, index, tls = tls](UniqueFd fd, const net::SockAddr& peer) {
           if (kind == ListenerKind::kTransparent && !redirected(fd.get(), index)) {
             ++stats_.accepted;
             ++stats_.bad_requests;
@@ -168,10 +192,10 @@ Server::Server(ev::Loop* loop, const Config& cfg)
                       peer);
             return;
           }
-          on_accept(std::move(fd), peer, kind);
+          on_accept(std::move(fd), peer, kind, tls);
         }));
-    log::notice("listening on {} ({})", listeners_.back()->address(),
-                kind == ListenerKind::kHttp          ? "HTTP CONNECT"
+    log::notice("listening on {}{} ({})", tls ? "tls://" : "", listeners_.back()->address(),
+                kind == ListenerKind::kHttp          ? tls ? "HTTPS proxy" : "HTTP CONNECT"
                 : kind == ListenerKind::kForward     ? forward_note
                 : kind == ListenerKind::kTransparent ? "transparent proxy, --tproxy"
                                                      : "SOCKS4/4A/5");
@@ -249,6 +273,18 @@ void Server::shutdown() {
 
 void Server::reload_ruleset() {
   control_->reload_ruleset();
+  if (tls_server_) reload_tls();
+}
+
+bool Server::reload_tls() {
+  try {
+    tls_server_ = net::make_server_context({cfg_.tls_cert, cfg_.tls_key, cfg_.tls_client_ca});
+  } catch (const std::exception& e) {
+    log::error("TLS reload failed, keeping the old certificate: {}", e.what());
+    return false;
+  }
+  log::notice("TLS certificate reloaded from {}", cfg_.tls_cert);
+  return true;
 }
 
 ruleset::Engine* Server::engine() {
@@ -276,14 +312,15 @@ bool Server::admit() {
   return std::uniform_real_distribution<double>(0, 100)(rng) >= p;
 }
 
-void Server::on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind) {
+void Server::on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind, bool tls) {
   ++stats_.accepted;
   if (!admit()) {
     ++stats_.refused;
     log::debug("{}: refused (too many sessions)", peer);
     return;
   }
-  sessions_.push_back(std::make_unique<Session>(*this, std::move(fd), peer, kind));
+  sessions_.push_back(std::make_unique<Session>(*this, std::move(fd), peer, kind,
+                                                tls ? tls_server_.get() : nullptr));
   sessions_.back()->start(std::prev(sessions_.end()));
 }
 

@@ -18,6 +18,7 @@
 #include "net/resolver.hpp"
 #include "net/self_connections.hpp"
 #include "net/sockaddr.hpp"
+#include "net/tls.hpp"
 #include "proto/address.hpp"
 #include "proto/proxy_uri.hpp"
 #include "server/frontend.hpp"
@@ -59,8 +60,19 @@ class Server {
 
   // Stops accepting and closes every session (SIGINT/SIGTERM).
   void shutdown();
-  // SIGHUP: see Control::reload_ruleset().
+  // SIGHUP: see Control::reload_ruleset(); also reloads the TLS listeners'
+  // certificate and key (reload_tls()).
   void reload_ruleset();
+  // Loads --tls-cert/--tls-key/--tls-client-ca again: new handshakes use
+  // them, established sessions keep theirs. A failure is logged and keeps
+  // the old ones; returns whether it loaded.
+  bool reload_tls();
+  // The TLS listeners' context (null without --tls-cert).
+  SSL_CTX* tls_server() const { return tls_server_.get(); }
+  // The slot holding it, for the API, which reads it at each handshake.
+  const net::SslCtxPtr& tls_server_context() const { return tls_server_; }
+  // --api tls://ADDR: the API speaks HTTPS.
+  bool api_tls() const { return api_tls_; }
 
   // Called by a session that has finished; destruction happens later, from
   // the loop, never inside the session's own callback.
@@ -94,7 +106,8 @@ class Server {
 
  private:
   // An accepted client socket: admitted (then owned by a new session) or closed.
-  void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // `tls`: the listener is a tls:// one.
+  void on_accept(UniqueFd fd, const net::SockAddr& peer, ListenerKind kind, bool tls);
   // --tproxy: whether the connection on listeners_[listener] was redirected
   // to it (its destination is not the listener itself, which would loop).
   bool redirected(int fd, size_t listener) const;
@@ -110,6 +123,11 @@ class Server {
   const Config& cfg_;
   ev::Deferred deferred_;
   std::unique_ptr<net::Resolver> resolver_;
+  // Before everything that holds an SSL made from them: an SSL keeps its
+  // context alive, but a TLS hop's SSL points back at the TlsClient.
+  net::SslCtxPtr tls_server_;
+  std::unique_ptr<net::TlsClient> tls_client_;
+  bool api_tls_ = false;
   net::DialOptions dial_;
   net::RelayOptions relay_;
   FrontendOptions frontend_;

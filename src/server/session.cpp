@@ -61,7 +61,8 @@ net::SockAddr to_sockaddr(const proto::Address& a) {
 }
 }  // namespace
 
-Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind)
+Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind,
+                 SSL_CTX* tls)
     : server_(server),
       client_(std::move(fd)),
       peer_(peer),
@@ -72,6 +73,14 @@ Session::Session(Server& server, UniqueFd fd, const net::SockAddr& peer, Listene
   auto& st = server_.stats();
   st.sessions_peak = std::max(st.sessions_peak, ++st.sessions);
   ++server_.stats().halfopen;
+  if (tls != nullptr) {
+    state_ = State::kTls;
+    net::SslPtr ssl(SSL_new(tls));
+    if (ssl && SSL_set_fd(ssl.get(), client_.fd()) == 1) {
+      SSL_set_accept_state(ssl.get());
+      client_.set_tls(std::move(ssl));
+    }
+  }
 }
 
 Session::~Session() {
@@ -85,7 +94,7 @@ void Session::start(std::list<std::unique_ptr<Session>>::iterator self) {
   if (want_proxy_header_) {
     // The header comes first, within -t like any handshake; nothing else is
     // read (or, for -f, dialed) before it.
-    io_.set(client_.get(), EV_READ);
+    io_.set(client_.fd(), EV_READ);
     io_.start();
     return;
   }
@@ -96,7 +105,7 @@ void Session::begin() {
   if (kind_ == ListenerKind::kTransparent) {
     // --tproxy: the connection was sent to its target; the kernel redirected
     // it here keeping that address as ours. Literal, so route / route6 ask.
-    request_.target = net::local_of(client_.get()).to_address();
+    request_.target = net::local_of(client_.fd()).to_address();
     ++server_.stats().requests;
     route();
     return;
@@ -113,8 +122,32 @@ void Session::begin() {
     return;
   }
   if (kind_ == ListenerKind::kHttp) frontend_ = make_http_frontend(server_.frontend_options());
-  io_.set(client_.get(), EV_READ);
+  io_.set(client_.fd(), EV_READ);
   io_.start();
+  if (state_ == State::kTls && !client_.tls()) {
+    log::error("{}: cannot start TLS: {}", peer_, net::tls_error_text());
+    close();
+  }
+}
+
+void Session::on_tls() {
+  if (client_.handshake() == 1) {
+    state_ = State::kHandshake;
+    io_.modify(EV_READ);
+    // The client's first bytes may have come with its last handshake
+    // message: OpenSSL holds them, the socket will not say so again.
+    if (client_.pending()) on_readable();
+    return;
+  }
+  if (errno == EAGAIN) {
+    io_.modify(client_.wants());
+    return;
+  }
+  // A plain-text client on a TLS port, a certificate refused (mTLS), a
+  // protocol mismatch: this connection only.
+  ++server_.stats().bad_requests;
+  log::info("{}: TLS handshake failed: {}", peer_, client_.error_text());
+  close();
 }
 
 bool Session::take_proxy_header() {
@@ -149,11 +182,18 @@ TargetLog Session::target() const {
 }
 
 void Session::on_readable() {
+  if (state_ == State::kTls) {
+    on_tls();
+    return;
+  }
   char buf[4096];
-  ssize_t n = recv(client_.get(), buf, sizeof buf, 0);
+  ssize_t n = client_.read(buf, sizeof buf);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    log::debug("{}: recv: {}", peer_, std::strerror(errno));
+    if (errno == EAGAIN || errno == EINTR) {
+      if (client_.tls()) io_.modify(client_.wants());
+      return;
+    }
+    log::debug("{}: recv: {}", peer_, client_.error_text());
     close();
     return;
   }
@@ -195,8 +235,11 @@ void Session::on_readable() {
     }
     in_.erase(0, step.consumed);
     handle(std::move(step));
-    if (in_.empty()) return;
+    if (in_.empty()) break;
   }
+  // A TLS record may hold more than one read took.
+  if (client_.pending() && (state_ == State::kHandshake || state_ == State::kLingering))
+    io_.feed(EV_READ);
 }
 
 void Session::handle(Step step) {
@@ -240,7 +283,7 @@ void Session::proxy_http() {
 void Session::associate_udp() {
   uint8_t rep = 0;
   std::string why;
-  udp_ = UdpAssociation::create(server_, client_.get(), peer_, request_, &rep, &why);
+  udp_ = UdpAssociation::create(server_, client_.fd(), peer_, request_, &rep, &why);
   if (!udp_) {
     log::info("{}: socks5 udp associate: {}", peer_, why);
     fail(proto::socks5_reply(rep, proto::Address{proto::Ipv4{}, 0}), why);
@@ -292,10 +335,10 @@ void Session::bind(proto::Address peer, std::vector<proto::ProxyUri> chain) {
         std::make_unique<net::Dialer>(server_.loop(), &server_.resolver(), server_.dial_options());
     dialer_->set_last_command(proto::socks5::kBind);
     dialer_->start(std::move(peer), std::move(chain), nullptr,
-                   [this](UniqueFd fd, net::DialError err, const std::string& msg) {
+                   [this](net::Conn conn, net::DialError err, const std::string& msg) {
                      if (err == net::DialError::kOk)
                        success_reply_ = proto::socks5_reply(0, dialer_->last_bound());
-                     on_dialed(std::move(fd), err, msg);
+                     on_dialed(std::move(conn), err, msg);
                    });
     return;
   }
@@ -311,11 +354,11 @@ void Session::bind(proto::Address peer, std::vector<proto::ProxyUri> chain) {
   }
   std::string err;
   binder_ = BindListener::open(
-      server_.loop(), net::unmapped(net::local_of(client_.get())), expect,
+      server_.loop(), net::unmapped(net::local_of(client_.fd())), expect,
       [this](UniqueFd conn, const net::SockAddr& from) {
         server_.deferred().dispose(std::move(binder_));
         success_reply_ = proto::socks5_reply(0, from.to_address());
-        relay(std::move(conn));
+        relay(net::Conn(std::move(conn)));
       },
       &err);
   if (!binder_) {
@@ -345,12 +388,12 @@ void Session::dial(proto::Address target, std::vector<proto::ProxyUri> chain, bo
   // unless a ruleset routes it there on purpose.
   const auto* deny = may_reach_api ? nullptr : &server_.protected_addresses();
   dialer_->start(std::move(target), std::move(chain), deny,
-                 [this](UniqueFd fd, net::DialError err, const std::string& msg) {
-                   on_dialed(std::move(fd), err, msg);
+                 [this](net::Conn conn, net::DialError err, const std::string& msg) {
+                   on_dialed(std::move(conn), err, msg);
                  });
 }
 
-void Session::on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg) {
+void Session::on_dialed(net::Conn upstream, net::DialError err, const std::string& msg) {
   server_.deferred().dispose(std::move(dialer_));
   server_.stats().record_dial(dial_label_, err == net::DialError::kOk,
                               ev_now(server_.loop()) - dial_started_);
@@ -370,18 +413,18 @@ std::unique_ptr<Cancellable> Session::forward_dial(const ruleset::Decision& d, D
   return std::make_unique<ForwardDial>(server_, request_.target, d, std::move(cb));
 }
 
-void Session::forward_commit(UniqueFd fd, ruleset::Decision d) {
+void Session::forward_commit(net::Conn conn, ruleset::Decision d) {
   // Called from the forward's dial callback, never from inside Lua: the
   // routine stays alive (forwarded), only this session's handle goes.
   server_.deferred().dispose(std::move(routing_));
-  if (state_ != State::kRouting) return;  // `fd` closes here
+  if (state_ != State::kRouting) return;  // `conn` closes here
   if (d.target != request_.target) routed_ = d.target;
-  relay(std::move(fd));
+  relay(std::move(conn));
 }
 
-void Session::relay(UniqueFd upstream) {
+void Session::relay(net::Conn upstream) {
   // A BIND's peer connected to us: it is no target to tell who the client is.
-  if (!request_.bind && !send_proxy_header(upstream.get())) {
+  if (!request_.bind && !send_proxy_header(upstream)) {
     ++server_.stats().dial_failed;
     reject(net::DialError::kGeneral, "cannot send the PROXY header to the target");
     return;
@@ -427,33 +470,32 @@ void Session::fail(std::string reply, const std::string& why) {
   }
   // Half-close and wait for the client to go, so that the reply is not lost
   // to a reset caused by unread input.
-  shutdown(client_.get(), SHUT_WR);
+  client_.shutdown_write();
   leave_halfopen();
   state_ = State::kLingering;
-  io_.set(client_.get(), EV_READ);
+  io_.set(client_.fd(), EV_READ);
   io_.start();
   timer_.start(kLinger);
 }
 
-bool Session::send_proxy_header(int upstream) {
+bool Session::send_proxy_header(net::Conn& upstream) {
   const int version = server_.config().send_proxy_protocol;
   if (version == 0) return true;
   // The client and the address it connected to: this listener's, unless a
   // PROXY header in front of us named another.
   const proto::Address src = peer_.to_address();
   const proto::Address dst =
-      proxied_destination_ ? *proxied_destination_ : net::local_of(client_.get()).to_address();
+      proxied_destination_ ? *proxied_destination_ : net::local_of(client_.fd()).to_address();
   const std::string header =
       version == 1 ? proto::proxy_header_v1(src, dst) : proto::proxy_header_v2(src, dst);
   // Nothing was written on the new connection yet: its send buffer has room.
-  return ::send(upstream, header.data(), header.size(), MSG_NOSIGNAL) ==
-         static_cast<ssize_t>(header.size());
+  return upstream.write(header.data(), header.size()) == static_cast<ssize_t>(header.size());
 }
 
 bool Session::send_all(std::string_view bytes) {
   // Handshake replies are tiny and the socket's send buffer is empty at this
   // point, so a short write means the client is gone or misbehaving.
-  ssize_t n = send(client_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  ssize_t n = client_.write(bytes.data(), bytes.size());
   return n == static_cast<ssize_t>(bytes.size());
 }
 
@@ -472,7 +514,7 @@ void Session::on_timeout() {
   }
   if (state_ != State::kLingering) {
     ++server_.stats().bad_requests;
-    log::info("{}: handshake timed out", peer_);
+    log::info("{}: {}handshake timed out", peer_, state_ == State::kTls ? "TLS " : "");
   }
   close();
 }

@@ -1,5 +1,6 @@
 // One client connection, from accept to close:
-//   handshake (Frontend) -> routing (ruleset) -> dialing (Dialer) -> relaying (Relay)
+//   [TLS handshake] -> handshake (Frontend) -> routing (ruleset) -> dialing (Dialer)
+//   -> relaying (Relay)
 // or, when the first HTTP request is not CONNECT, handshake -> proxying: the
 // Session hands the socket to an HttpProxy (server/http_proxy.hpp), which it
 // owns until the connection ends.
@@ -14,6 +15,7 @@
 #include "core/cancellable.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/conn.hpp"
 #include "net/dialer.hpp"
 #include "net/relay.hpp"
 #include "net/sockaddr.hpp"
@@ -31,8 +33,10 @@ enum class ListenerKind;
 
 class Session : private ruleset::Forwarder {
  public:
-  // Takes ownership of the accepted socket `fd`.
-  Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind);
+  // Takes ownership of the accepted socket `fd`. With `tls` (a tls://
+  // listener's context) the client speaks TLS; its handshake runs under the
+  // same timeout (-t) as the proxy handshake and counts as half-open.
+  Session(Server& server, UniqueFd fd, const net::SockAddr& peer, ListenerKind kind, SSL_CTX* tls);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -42,7 +46,16 @@ class Session : private ruleset::Forwarder {
   void close();
 
  private:
-  enum class State { kHandshake, kRouting, kDialing, kRelaying, kLingering, kProxying, kClosed };
+  enum class State {
+    kTls,
+    kHandshake,
+    kRouting,
+    kDialing,
+    kRelaying,
+    kLingering,
+    kProxying,
+    kClosed
+  };
 
   // What start() does once the PROXY header (if the listener wants one) is in.
   void begin();
@@ -50,6 +63,7 @@ class Session : private ruleset::Forwarder {
   // client it names); false while it needs more or after closing on a bad one.
   bool take_proxy_header();
   void on_readable();
+  void on_tls();
   void on_timeout();
   void handle(Step step);
   void proxy_http();
@@ -58,25 +72,25 @@ class Session : private ruleset::Forwarder {
   void route();
   void on_routed(std::optional<ruleset::Decision> d, const std::string& why);
   void dial(proto::Address target, std::vector<proto::ProxyUri> chain, bool may_reach_api);
-  void on_dialed(UniqueFd upstream, net::DialError err, const std::string& msg);
+  void on_dialed(net::Conn upstream, net::DialError err, const std::string& msg);
   // await.forward (ruleset::Forwarder): dials while routing; on success the
   // session relays as if the dial had been its own.
   std::unique_ptr<Cancellable> forward_dial(const ruleset::Decision& d, DialCallback cb) override;
-  void forward_commit(UniqueFd fd, ruleset::Decision d) override;
-  void relay(UniqueFd upstream);
+  void forward_commit(net::Conn conn, ruleset::Decision d) override;
+  void relay(net::Conn upstream);
   void reject(net::DialError err, const std::string& why);
   // Sends `reply`, then closes the session after the client has read it.
   void fail(std::string reply, const std::string& why);
   bool send_all(std::string_view bytes);
   // --send-proxy-protocol: the header naming the client, first on `upstream`.
-  bool send_proxy_header(int upstream);
+  bool send_proxy_header(net::Conn& upstream);
   void leave_halfopen();
   void teardown();
   TargetLog target() const;      // for log lines
   const char* protocol() const;  // "socks5", "http", "forward", "tproxy": for log lines
 
   Server& server_;
-  UniqueFd client_;
+  net::Conn client_;
   net::SockAddr peer_;
   ListenerKind kind_;
   bool want_proxy_header_;  // --accept-proxy-protocol, until the header is read

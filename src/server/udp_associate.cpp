@@ -55,8 +55,8 @@ struct UdpAssociation::Upstream {
   proto::ProxyUri hop;
   std::unique_ptr<net::Dialer> dialer;
   // The hop's association lives as long as this TCP connection.
-  UniqueFd control;
-  UniqueFd udp;  // connected to the hop's relay: only it can send to us here
+  net::Conn control;  // plain, or TLS through a socks5s:// hop
+  UniqueFd udp;       // connected to the hop's relay: only it can send to us here
   ev::Io control_io, udp_io;
   // What a reply whose header names an address (to_string()) is reported as.
   std::unordered_map<std::string, proto::Address> replies;
@@ -117,7 +117,7 @@ UdpAssociation::~UdpAssociation() {
   --server_.stats().udp.associations;
 }
 
-bool UdpAssociation::start(UniqueFd control, std::function<void()> on_end) {
+bool UdpAssociation::start(net::Conn control, std::function<void()> on_end) {
   control_ = std::move(control);
   on_end_ = std::move(on_end);
   net::SockAddr bound = net::local_of(relay_.get());
@@ -125,13 +125,12 @@ bool UdpAssociation::start(UniqueFd control, std::function<void()> on_end) {
   const auto& adv = server_.config().udp.advertise;
   if (!adv.empty()) advertised = *proto::make_address(adv, advertised.port);
   const std::string reply = proto::socks5_reply(proto::socks5::kSucceeded, advertised);
-  if (send(control_.get(), reply.data(), reply.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(reply.size()))
+  if (control_.write(reply.data(), reply.size()) != static_cast<ssize_t>(reply.size()))
     return false;
   ++server_.stats().udp.associated;
   ++server_.stats().success;  // the request was served, as a relayed CONNECT is
   log::info("{}: socks5 udp associate: relay {} (advertised {})", peer_, bound, advertised);
-  control_io_.set(control_.get(), EV_READ);
+  control_io_.set(control_.fd(), EV_READ);
   control_io_.start();
   relay_io_.set(relay_.get(), EV_READ);
   relay_io_.start();
@@ -185,7 +184,7 @@ void UdpAssociation::on_timer() {
 
 void UdpAssociation::on_control() {
   char buf[512];
-  ssize_t n = recv(control_.get(), buf, sizeof buf, 0);
+  ssize_t n = control_.read(buf, sizeof buf);
   if (n > 0) return;  // nothing more is expected on it: ignored
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   end(n == 0 ? "control connection closed"
@@ -485,8 +484,8 @@ void UdpAssociation::via_upstream(Dest& d, proto::Address target, const proto::P
     // DST 0.0.0.0:0: our port is not known before the connection is made;
     // the hop learns it from our first datagram.
     u->dialer->start(proto::Address{proto::Ipv4{}, 0}, {hop}, &server_.protected_addresses(),
-                     [this, u](UniqueFd fd, net::DialError, const std::string& msg) {
-                       on_upstream_dialed(*u, std::move(fd), msg);
+                     [this, u](net::Conn conn, net::DialError, const std::string& msg) {
+                       on_upstream_dialed(*u, std::move(conn), msg);
                      });
   }
   Upstream& up = *it->second;
@@ -504,17 +503,17 @@ void UdpAssociation::via_upstream(Dest& d, proto::Address target, const proto::P
   d.state = Dest::State::kResolving;  // held until the hop answers
 }
 
-void UdpAssociation::on_upstream_dialed(Upstream& up, UniqueFd fd, const std::string& error) {
+void UdpAssociation::on_upstream_dialed(Upstream& up, net::Conn conn, const std::string& error) {
   const proto::Address bound = up.dialer ? up.dialer->last_bound() : proto::Address{};
   server_.deferred().dispose(std::move(up.dialer));
   if (ended_) return;
-  if (!fd) {
+  if (!conn) {
     upstream_failed(up, error);
     return;
   }
   // The hop relays where its reply says; a wildcard (or a name) there means
   // the address we reached it on.
-  net::SockAddr relay = net::unmapped(net::peer_of(fd.get()));
+  net::SockAddr relay = net::unmapped(net::peer_of(conn.fd()));
   relay.set_port(bound.port);
   if (!bound.is_domain()) {
     const net::SockAddr said = net::unmapped(
@@ -522,7 +521,7 @@ void UdpAssociation::on_upstream_dialed(Upstream& up, UniqueFd fd, const std::st
                         : net::SockAddr::from(std::get<proto::Ipv6>(bound.host), bound.port));
     if (!net::is_wildcard(said)) relay = said;
   }
-  net::SockAddr local = net::unmapped(net::local_of(fd.get()));
+  net::SockAddr local = net::unmapped(net::local_of(conn.fd()));
   local.set_port(0);
   std::string err;
   up.udp = net::open_udp(
@@ -535,17 +534,17 @@ void UdpAssociation::on_upstream_dialed(Upstream& up, UniqueFd fd, const std::st
     upstream_failed(up, "udp socket for " + relay.to_string() + ": " + err);
     return;
   }
-  up.control = std::move(fd);
+  up.control = std::move(conn);
   up.state = Upstream::State::kReady;
   log::debug("{}: udp through {}: relay {}", peer_, up.hop.address(), relay);
   Upstream* u = &up;
   up.control_io.set_callback([this, u](int) {
     char buf[512];
-    ssize_t n = recv(u->control.get(), buf, sizeof buf, 0);
+    ssize_t n = u->control.read(buf, sizeof buf);
     if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) return;
     upstream_failed(*u, "its control connection closed");
   });
-  up.control_io.set(up.control.get(), EV_READ);
+  up.control_io.set(up.control.fd(), EV_READ);
   up.control_io.start();
   up.udp_io.set_callback([this, u](int) { on_upstream_udp(*u); });
   up.udp_io.set(up.udp.get(), EV_READ);

@@ -36,6 +36,7 @@
 #include "core/cancellable.hpp"
 #include "core/fd.hpp"
 #include "core/loop.hpp"
+#include "net/conn.hpp"
 #include "net/dialer.hpp"
 #include "net/resolver.hpp"
 #include "net/sockaddr.hpp"
@@ -67,7 +68,7 @@ class UdpAssociation {
   // address). `on_end` runs once, from one of the association's callbacks,
   // when it ends: the owner must defer destroying it. False when the reply
   // could not be sent (the owner closes).
-  bool start(UniqueFd control, std::function<void()> on_end);
+  bool start(net::Conn control, std::function<void()> on_end);
   // Stops every watcher and cancels what is in flight (idempotent).
   void stop();
 
@@ -92,7 +93,7 @@ class UdpAssociation {
   void reject(Dest& d, const std::string& why);
   void send_up(Dest& d, proto::Bytes payload);
   void via_upstream(Dest& d, proto::Address target, const proto::ProxyUri& hop);
-  void on_upstream_dialed(Upstream& up, UniqueFd fd, const std::string& error);
+  void on_upstream_dialed(Upstream& up, net::Conn conn, const std::string& error);
   void upstream_failed(Upstream& up, const std::string& why);
   void on_upstream_udp(Upstream& up);
   void to_client(uint8_t* payload, size_t n, const proto::Address& from);
@@ -105,7 +106,8 @@ class UdpAssociation {
   bool client_port_known_ = false;
   std::optional<std::string> username_, password_;
   UdpAdmission::Ticket ticket_;
-  UniqueFd control_, relay_, out4_, out6_;
+  net::Conn control_;  // the client's TCP connection, plain or TLS
+  UniqueFd relay_, out4_, out6_;
   ev::Io control_io_, relay_io_, out4_io_, out6_io_;
   ev::Timer timer_;
   double last_active_ = 0;

@@ -89,9 +89,9 @@ Result serve(fuzz::Bytes client, const std::vector<size_t>& chunks, bool half_cl
   int sv[2];
   set_nonblocking_pair(sv);
   bool closed = false;
-  auto conn = std::make_unique<api::ApiConnection>(w.loop, UniqueFd(sv[0]), net::SockAddr{},
-                                                   w.limits, w.endpoints, w.access, w.deferred,
-                                                   [&](api::ApiConnection*) { closed = true; });
+  auto conn = std::make_unique<api::ApiConnection>(
+      w.loop, net::Conn(UniqueFd(sv[0])), net::SockAddr{}, w.limits, w.endpoints, w.access,
+      w.deferred, [&](api::ApiConnection*) { closed = true; });
   const int before = w.backend.requests;
   conn->start();
   Result r;

@@ -75,7 +75,7 @@ struct FakeHost : ruleset::Host {
   ruleset::HostConfig config() override { return {}; }
   ruleset::HostStats stats() override { return {}; }
   std::unique_ptr<Cancellable> invoke(std::string, proto::Address, std::vector<proto::ProxyUri>,
-                                      std::function<void(bool, std::string)> cb) override {
+                                      bool, std::function<void(bool, std::string)> cb) override {
     pending = std::move(cb);
     return std::make_unique<NoopCall>();
   }

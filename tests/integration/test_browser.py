@@ -1,6 +1,6 @@
 """Plain HTTP proxying with real browsers and tools: headless Chromium loading a page with
 several resources through --proxy-server=http:// (the --http port and the mixed -l port, with
-socks5:// on the mixed port as a control), a wget -r mirror of the same page, and a slowloris
+socks5:// on the mixed port as a control, and https:// on a tls:// --http port), a wget -r mirror of the same page, and a slowloris
 run by slowhttptest that must not hold up other clients.
 
 chromium, slowhttptest and wget are Debian packages that contrib/dev.sh test installs: a
@@ -9,8 +9,10 @@ missing one is a failure, not a skip.
   RULESOCKS_BIN=build/src/rulesocks /usr/bin/python3 -m unittest -v test_browser
 """
 
+import base64
 import collections
 import csv
+import hashlib
 import http.server
 import os
 import re
@@ -21,7 +23,8 @@ import tempfile
 import threading
 import time
 
-from harness import LOOP4, IntegrationCase, api_stats, curl, stats_field, wait_until
+from harness import (LOOP4, IntegrationCase, api_stats, curl, free_ports, stats_field,
+                     wait_until)
 
 # Loopback only: anything else Chromium may try on its own is refused, never dialled.
 RULESET = """\
@@ -165,7 +168,7 @@ class BrowserCase(IntegrationCase):
         cls.addClassCleanup(cls.origin.stop)
         cls.dir = tempfile.mkdtemp(prefix="rulesocks-browser-")
         cls.addClassCleanup(shutil.rmtree, cls.dir, True)
-        ruleset = os.path.join(cls.dir, "ruleset.lua")
+        ruleset = cls.ruleset = os.path.join(cls.dir, "ruleset.lua")
         with open(ruleset, "w") as f:
             f.write(RULESET)
         cls.proxy = cls.start_class_proxy("-r", ruleset, "-t", "2", http=True, api=True,
@@ -177,13 +180,13 @@ class BrowserCase(IntegrationCase):
 
     # -- headless Chromium
 
-    def chromium(self, proxy_url):
+    def chromium(self, proxy_url, extra=()):
         binary = require("chromium", "chromium")
         profile = tempfile.mkdtemp(prefix="chromium-", dir=self.dir)
         cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                "--no-first-run", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-               f"--proxy-server={proxy_url}", "--proxy-bypass-list=<-loopback>",
+               f"--proxy-server={proxy_url}", "--proxy-bypass-list=<-loopback>", *extra,
                "--dump-dom", self.origin.url("/index.html")]
         env = dict(os.environ, HOME=profile, XDG_CONFIG_HOME=profile, XDG_CACHE_HOME=profile)
         env = {k: v for k, v in env.items() if "proxy" not in k.lower()}
@@ -230,6 +233,33 @@ class BrowserCase(IntegrationCase):
         # Tunnelled: the origin sees the browser's own requests, without a Via.
         self.assertEqual([via for _, via in log if via is not None], [], log)
         self.assertGreater(accepted1 - accepted0, 0)
+
+    def test_chromium_through_https_proxy(self):
+        """--proxy-server=https:// on a tls:// --http listener, whose self-signed certificate
+        Chromium trusts by its key (--ignore-certificate-errors-spki-list)."""
+        d = tempfile.mkdtemp(prefix="tls-", dir=self.dir)
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+
+        def openssl(*args, data=None):
+            return subprocess.run(["openssl", *args], input=data, check=True,
+                                  capture_output=True, timeout=60).stdout
+
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-days", "30", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                "-keyout", key, "-out", cert)
+        der = openssl("pkey", "-pubin", "-outform", "der",
+                      data=openssl("x509", "-pubkey", "-noout", "-in", cert))
+        spki = base64.b64encode(hashlib.sha256(der).digest()).decode()
+        port, = free_ports(1)
+        self.start_proxy("-r", self.ruleset, "-t", "2", "--tls-cert", cert, "--tls-key", key,
+                         "--http", f"tls://{LOOP4}:{port}", socks=False, extra_ports=[port],
+                         name="browser-https-proxy")
+        self.origin.take_log()
+        dom = self.chromium(f"https://localhost:{port}",
+                            extra=[f"--ignore-certificate-errors-spki-list={spki}"])
+        log = self.origin.take_log()
+        self.assert_page_loaded(dom, log)
+        self.assertEqual([via for _, via in log if via != "1.1 rulesocks"], [], log)
 
     # -- wget
 

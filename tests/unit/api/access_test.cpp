@@ -210,9 +210,10 @@ TEST_F(AccessTest, DialerRecordsItsConnection) {
   std::unique_ptr<net::Dialer> dialer;
   loop_.call([&] {
     dialer = std::make_unique<net::Dialer>(loop_.loop(), nullptr, opts);
-    dialer->start(
-        addr_.to_address(), {}, nullptr,
-        [done](UniqueFd fd, net::DialError, const std::string&) { done->set_value(fd.release()); });
+    dialer->start(addr_.to_address(), {}, nullptr,
+                  [done](net::Conn conn, net::DialError, const std::string&) {
+                    done->set_value(conn.release_fd().release());
+                  });
   });
   ASSERT_EQ(fut.wait_for(std::chrono::seconds(10)), std::future_status::ready);
   UniqueFd fd(fut.get());

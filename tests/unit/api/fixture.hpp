@@ -29,9 +29,11 @@ struct FakeHost : ruleset::Host {
   ruleset::HostConfig config() override { return {}; }
   ruleset::HostStats stats() override { return {}; }
   std::unique_ptr<Cancellable> invoke(std::string code, proto::Address addr,
-                                      std::vector<proto::ProxyUri> chain,
+                                      std::vector<proto::ProxyUri> chain, bool tls,
                                       std::function<void(bool, std::string)> cb) override {
-    return rpc_call(loop, nullptr, dial, std::move(code), std::move(addr), std::move(chain),
+    net::DialOptions opts = dial;
+    opts.tls_target = tls;
+    return rpc_call(loop, nullptr, opts, std::move(code), std::move(addr), std::move(chain),
                     std::move(cb));
   }
 };

@@ -34,7 +34,7 @@ TEST_F(DialerTest, FailureInsideStartArrivesWhileOtherIoIsAlwaysReady) {
   Dialer dialer(loop, &resolver, opts);
   int calls = 0;
   DialError got = DialError::kOk;
-  dialer.start(target, {}, &deny, [&](UniqueFd fd, DialError err, const std::string&) {
+  dialer.start(target, {}, &deny, [&](Conn fd, DialError err, const std::string&) {
     ++calls;
     got = err;
     EXPECT_FALSE(fd);
@@ -55,7 +55,7 @@ TEST_F(DialerTest, DestroyedBeforeDeliveryNeverCalls) {
   {
     Dialer dialer(loop, &resolver, opts);
     dialer.start(proto::Address{proto::Ipv4{127, 0, 0, 1}, 9}, {}, &deny,
-                 [&](UniqueFd, DialError, const std::string&) { ++calls; });
+                 [&](Conn, DialError, const std::string&) { ++calls; });
   }
   for (int i = 0; i < 3; ++i) ev_run(loop, EVRUN_NOWAIT);
   EXPECT_EQ(calls, 0);

@@ -159,14 +159,15 @@ class RelayTest : public testing::TestWithParam<Param> {
     ev_now_update(loop_);  // timers count from start(), not from SetUp
     client_ = std::move(client_peer);
     upstream_ = std::move(upstream_peer);
-    relay_ = std::make_unique<Relay>(loop_, std::move(client_side), std::move(upstream_side), opts,
-                                     [this](const RelayStats& stats, std::string_view reason) {
-                                       EXPECT_FALSE(done_) << "done called twice";
-                                       done_ = true;
-                                       done_at_ = Clock::now();
-                                       final_ = stats;
-                                       reason_ = reason;
-                                     });
+    relay_ =
+        std::make_unique<Relay>(loop_, Conn(std::move(client_side)), Conn(std::move(upstream_side)),
+                                opts, [this](const RelayStats& stats, std::string_view reason) {
+                                  EXPECT_FALSE(done_) << "done called twice";
+                                  done_ = true;
+                                  done_at_ = Clock::now();
+                                  final_ = stats;
+                                  reason_ = reason;
+                                });
   }
 
   // Runs the loop until `pred` holds; false if the watchdog fired first.
@@ -458,7 +459,7 @@ TEST_P(RelayTest, IdleRelaysHoldNoBuffers) {
     auto [cs, cp] = make_pair(GetParam().transport);
     auto [us, up] = make_pair(GetParam().transport);
     RelayOptions opts{.use_splice = GetParam().splice};
-    relays_.push_back(std::make_unique<Relay>(loop_, std::move(cs), std::move(us), opts,
+    relays_.push_back(std::make_unique<Relay>(loop_, Conn(std::move(cs)), Conn(std::move(us)), opts,
                                               [](const RelayStats&, std::string_view) {}));
     relays_.back()->start();
     peers.emplace_back(std::move(cp), std::move(up));
@@ -538,7 +539,7 @@ TEST_P(RelayTest, SourceThatCannotSpliceFallsBackToCopying) {
   upstream_ = std::move(upstream_peer);
   UniqueFd events(::eventfd(0, EFD_CLOEXEC));
   int efd = events.get();
-  relay_ = std::make_unique<Relay>(loop_, std::move(events), std::move(upstream_side),
+  relay_ = std::make_unique<Relay>(loop_, Conn(std::move(events)), Conn(std::move(upstream_side)),
                                    RelayOptions{.use_splice = GetParam().splice},
                                    [](const RelayStats&, std::string_view) {});
   relay_->start();

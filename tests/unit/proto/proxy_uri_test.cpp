@@ -33,11 +33,29 @@ TEST(ProxyUri, Schemes) {
 }
 
 TEST(ProxyUri, UnknownScheme) {
-  expect_fails("https://h:1", "unknown scheme \"https\"");
+  expect_fails("ftps://h:1", "unknown scheme \"ftps\"");
+  expect_fails("socks4s://h:1", "unknown scheme");
   expect_fails("socks6://h:1", "unknown scheme");
   expect_fails("://h:1", "unknown scheme");
   expect_fails("h:1080", "missing scheme");
   expect_fails("socks5:/h:1080", "missing scheme");
+}
+
+TEST(ProxyUri, TlsSchemes) {
+  auto https = parse_ok("https://u:p@proxy.example:443");
+  EXPECT_EQ(https.scheme, Scheme::kHttp);
+  EXPECT_TRUE(https.tls);
+  EXPECT_EQ(https.username, "u");
+  EXPECT_EQ(https.to_string(), "https://***@proxy.example:443");
+  auto s5 = parse_ok("SOCKS5S://[::1]:1080");
+  EXPECT_EQ(s5.scheme, Scheme::kSocks5);
+  EXPECT_TRUE(s5.tls);
+  EXPECT_EQ(s5.to_string(), "socks5s://[::1]:1080");
+  EXPECT_FALSE(parse_ok("http://h:1").tls);
+  EXPECT_FALSE(parse_ok("socks5h://h:1").tls);
+  // The wire format's limits still apply inside TLS.
+  expect_fails("https://a%3Ab@h:1", "http user name contains");
+  EXPECT_FALSE(parse_proxy_uri("socks5s://" + std::string(256, 'u') + "@h:1").ok());
 }
 
 TEST(ProxyUri, Hosts) {

@@ -28,6 +28,7 @@ class FakeHost : public Host {
   int invokes = 0;
   std::string last_addr;
   std::vector<proto::ProxyUri> last_chain;  // dial order
+  bool last_tls = false;                    // the target was https://
   // test_done(ok, msg) from a Lua test script.
   bool done = false;
   bool done_ok = false;
@@ -59,9 +60,10 @@ class FakeHost : public Host {
 
   // "fail:1" fails; anything else runs the code via engine->rpcall.
   std::unique_ptr<Cancellable> invoke(std::string code, proto::Address target,
-                                      std::vector<proto::ProxyUri> chain,
+                                      std::vector<proto::ProxyUri> chain, bool tls,
                                       std::function<void(bool, std::string)> cb) override {
     ++invokes;
+    last_tls = tls;
     std::string addr = target.to_string();
     last_addr = addr;
     last_chain = std::move(chain);

@@ -38,24 +38,24 @@ class FakeForwarder : public Forwarder {
       if (host == "ok") {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
-          cb(UniqueFd(), net::DialError::kGeneral, "socketpair failed");
+          cb(net::Conn(), net::DialError::kGeneral, "socketpair failed");
           return;
         }
         peers_.emplace_back(sv[1]);
         peer_fd = sv[1];
-        cb(UniqueFd(sv[0]), net::DialError::kOk, {});
+        cb(net::Conn(UniqueFd(sv[0])), net::DialError::kOk, {});
       } else if (host == "timeout") {
-        cb(UniqueFd(), net::DialError::kTimeout, "timed out");
+        cb(net::Conn(), net::DialError::kTimeout, "timed out");
       } else {
-        cb(UniqueFd(), net::DialError::kRefused, "connect: Connection refused");
+        cb(net::Conn(), net::DialError::kRefused, "connect: Connection refused");
       }
     });
     return handle;
   }
-  void forward_commit(UniqueFd fd, Decision d) override {
+  void forward_commit(net::Conn conn, Decision d) override {
     ++committed;
     committed_to = d.target.to_string();
-    committed_fd = std::move(fd);
+    committed_fd = conn.release_fd();
   }
 
  private:
