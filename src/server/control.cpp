@@ -378,18 +378,16 @@ void Control::labelled_metrics(std::string& out) {
                          c.dials - c.failures);
     }
   }
-  if (!s.listener_bytes.empty()) {
-    out +=
-        "# HELP rulesocks_listener_bytes_total Bytes relayed by tunnels (SOCKS, CONNECT, "
-        "forwarding), by listener kind and direction.\n"
-        "# TYPE rulesocks_listener_bytes_total counter\n";
-    for (const auto& [name, b] : s.listener_bytes) {
-      out += fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"up\"}} {}\n",
-                         label_value(name), b[0]);
-      out +=
-          fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"down\"}} {}\n",
-                      label_value(name), b[1]);
-    }
+  out +=
+      "# HELP rulesocks_listener_bytes_total Bytes relayed by tunnels (SOCKS, CONNECT, "
+      "forwarding), by listener kind and direction.\n"
+      "# TYPE rulesocks_listener_bytes_total counter\n";
+  for (size_t i = 0; i < s.listener_bytes.size(); ++i) {
+    const char* name = Stats::kListenerNames[i];
+    out += fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"up\"}} {}\n",
+                       name, s.listener_bytes[i][0]);
+    out += fmt::format("rulesocks_listener_bytes_total{{listener=\"{}\",direction=\"down\"}} {}\n",
+                       name, s.listener_bytes[i][1]);
   }
 }
 

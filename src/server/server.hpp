@@ -37,6 +37,7 @@ class Session;
 class UdpForwarder;
 
 // kTransparent: --tproxy, the target is the connection's original destination.
+// Stats::kListenerNames follows this order.
 enum class ListenerKind { kSocks, kHttp, kForward, kTransparent };
 
 // How many sessions a soft RLIMIT_NOFILE of `nofile` can carry: two fds each

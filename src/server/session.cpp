@@ -40,20 +40,6 @@ namespace {
 constexpr size_t kMaxHandshake = 64 * 1024;  // more than any valid handshake
 constexpr double kLinger = 2.0;              // seconds to let a client read an error reply
 
-const char* listener_name(ListenerKind kind) {
-  switch (kind) {
-    case ListenerKind::kSocks:
-      return "socks";
-    case ListenerKind::kHttp:
-      return "http";
-    case ListenerKind::kForward:
-      return "forward";
-    case ListenerKind::kTransparent:
-      return "tproxy";
-  }
-  return "other";
-}
-
 // A PROXY header's numeric address (never a name).
 net::SockAddr to_sockaddr(const proto::Address& a) {
   if (a.is_ipv4()) return net::SockAddr::from(std::get<proto::Ipv4>(a.host), a.port);
@@ -445,7 +431,7 @@ void Session::relay(net::Conn upstream) {
       [this](const net::RelayStats& st, std::string_view reason) {
         server_.stats().bytes_up += st.up;
         server_.stats().bytes_down += st.down;
-        auto& by = server_.stats().listener_bytes[listener_name(kind_)];
+        auto& by = server_.stats().listener_bytes[static_cast<size_t>(kind_)];
         by[0] += st.up;
         by[1] += st.down;
         log::verbose("{}: closed {} (up {} down {}): {}", peer_, target(), st.up, st.down, reason);

@@ -63,8 +63,11 @@ struct Stats {
   uint64_t api_requests = 0;              // API request heads; never in `requests`
   uint64_t api_successes = 0;             // API requests answered with a 2xx status
   uint64_t api_unauthorized = 0;          // API requests refused 401 or 403 (access rules)
-  // Bytes relayed by listener ("socks 127.0.0.1:1080", ...), finished relays.
-  std::map<std::string, std::array<uint64_t, 2>> listener_bytes;  // {up, down}
+  // Bytes of finished relays by listener kind, indexed as ListenerKind
+  // (server.hpp) orders them: an array, not a map, since every tunnel's end
+  // adds to it.
+  static constexpr std::array<const char*, 4> kListenerNames{"socks", "http", "forward", "tproxy"};
+  std::array<std::array<uint64_t, 2>, kListenerNames.size()> listener_bytes{};  // {up, down}
   std::map<std::string, ChainStats> chains;
   // The last kLatencySamples successful connects (a ring), for the summary.
   std::array<double, kLatencySamples> connect_latency{};
