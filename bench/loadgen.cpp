@@ -1,11 +1,12 @@
 // rs-loadgen: the load generator and origin server of the rulesocks benchmarks
 // (bench/compare drives it). One thread, one epoll set, non-blocking sockets,
-// nothing but libc.
+// libc and (for --tls) OpenSSL.
 //
 //   rs-loadgen origin --listen 127.0.0.1:PORT --mode reply:N|http:N|source|sink
 //   rs-loadgen rate   --proxy H:P --proto P --target H:P -c CONNS -d SECONDS [--pid PID]
 //   rs-loadgen bulk   --proxy H:P --proto P --target H:P --dir up|down -n BYTES [--pid PID]
 //   rs-loadgen idle   --proxy H:P --proto P --target H:P -n N --pid PID
+//   (rate, bulk, idle: --tls [--tls-ca FILE] [--tls-name NAME] speaks TLS to the proxy)
 //   rs-loadgen get    [--proxy H:P] --proto http|direct --target H:P -c CONNS -d SECONDS [--pid
 //   PID]
 //
@@ -16,6 +17,9 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -218,22 +222,35 @@ std::vector<int> process_tree(int root) {
   return tree;
 }
 
-// CPU seconds used by `pid` and its descendants so far; -1 if pid is gone.
-double tree_cpu_seconds(int pid) {
-  ProcStat root;
-  if (!read_proc_stat(pid, root)) return -1;
+// Every process of the trees rooted at `pids` once (a proxy may be two
+// processes, such as stunnel in front of microsocks); empty if one is gone.
+std::vector<int> process_trees(const std::vector<int>& pids) {
+  std::vector<int> out;
+  for (int root : pids) {
+    ProcStat ps;
+    if (!read_proc_stat(root, ps)) return {};
+    for (int p : process_tree(root))
+      if (std::find(out.begin(), out.end(), p) == out.end()) out.push_back(p);
+  }
+  return out;
+}
+
+// CPU seconds used by `pids` and their descendants so far; -1 if one is gone.
+double tree_cpu_seconds(const std::vector<int>& pids) {
+  std::vector<int> all = process_trees(pids);
+  if (all.empty()) return -1;
   uint64_t ticks = 0;
-  for (int p : process_tree(pid)) {
+  for (int p : all) {
     ProcStat ps;
     if (read_proc_stat(p, ps)) ticks += ps.cpu_ticks;
   }
   return static_cast<double>(ticks) / static_cast<double>(clk_tck());
 }
 
-// VmRSS in KiB of `pid` and its descendants; -1 if pid is gone.
-long tree_rss_kib(int pid) {
+// VmRSS in KiB of `pids` and their descendants; -1 if one is gone.
+long tree_rss_kib(const std::vector<int>& pids) {
   long total = -1;
-  for (int p : process_tree(pid)) {
+  for (int p : process_trees(pids)) {
     char path[64];
     std::snprintf(path, sizeof path, "/proc/%d/status", p);
     FILE* f = std::fopen(path, "r");
@@ -267,14 +284,17 @@ struct Options {
   bool duration_given = false;
   uint64_t count = 0;  // -n: bulk bytes, idle sessions, or rate transactions (then no -d)
   std::string dir = "down";
-  int pid = 0;
-  int request = 64;     // bytes a rate transaction sends
-  int reply = 64;       // bytes a rate transaction expects back
-  double timeout = 10;  // per connection attempt / transaction
-  int batch = 256;      // idle: handshakes in flight at once
-  double hold = 2;      // idle: seconds to hold the sessions after the last one is up
-  double warmup = 0;    // rate: seconds of load before measuring
-  std::string label;    // copied into the JSON line
+  std::vector<int> pids;  // --pid PID[,PID...]: the proxy's processes, CPU (and RSS) summed
+  bool tls = false;       // rate/bulk/idle: TLS to the proxy (or the target, with direct)
+  std::string tls_ca;     // verify the peer against this CA file (else no verification)
+  std::string tls_name;   // SNI and the name verified (default: the --proxy host)
+  int request = 64;       // bytes a rate transaction sends
+  int reply = 64;         // bytes a rate transaction expects back
+  double timeout = 10;    // per connection attempt / transaction
+  int batch = 256;        // idle: handshakes in flight at once
+  double hold = 2;        // idle: seconds to hold the sessions after the last one is up
+  double warmup = 0;      // rate: seconds of load before measuring
+  std::string label;      // copied into the JSON line
 };
 
 void usage() {
@@ -282,7 +302,8 @@ void usage() {
       "usage:\n"
       "  rs-loadgen origin --listen ADDR:PORT --mode reply:N|http:N|source|sink [--request B]\n"
       "             [--lifetime S]\n"
-      "  rs-loadgen rate --proxy H:P --proto PROTO --target H:P -c CONNS -d SECONDS|-n TX [--pid PID]\n"
+      "  rs-loadgen rate --proxy H:P --proto PROTO --target H:P -c CONNS -d SECONDS|-n TX [--pid "
+      "PID]\n"
       "             [--warmup S] [--request B] [--reply B] [--timeout S]\n"
       "  rs-loadgen bulk --proxy H:P --proto PROTO --target H:P --dir up|down -n BYTES [-d "
       "SECONDS]\n"
@@ -296,8 +317,13 @@ void usage() {
       "absolute-form through an HTTP proxy (http) or origin-form to the target (direct), each\n"
       "response read by its Content-Length.\n"
       "PROTO: direct socks4 socks4a socks5 socks5h http (socks4a/socks5h send the target host\n"
-      "as a name). --pid: proxy process whose CPU time (and RSS, with idle) is measured, children\n"
-      "included. --label TEXT is copied into the JSON line. BYTES take K, M, G suffixes (binary).");
+      "as a name). --pid PID[,PID...]: proxy processes whose CPU time (and RSS, with idle) is\n"
+      "measured and summed, children included. --label TEXT is copied into the JSON line. BYTES\n"
+      "take K, M, G suffixes (binary).\n"
+      "rate, bulk, idle: --tls wraps each connection to the proxy in TLS 1.2/1.3 (a full\n"
+      "handshake every time, no session resumption) before PROTO's handshake; --tls-ca FILE\n"
+      "verifies the proxy's certificate against FILE and its name (--tls-name NAME, default the\n"
+      "--proxy host; also sent as SNI when it is not an address), without it nothing is verified.");
 }
 
 uint64_t parse_size(const std::string& s) {
@@ -361,8 +387,21 @@ Options parse_args(int argc, char** argv) {
       o.count = parse_size(val());
     else if (a == "--dir")
       o.dir = val();
-    else if (a == "--pid")
-      o.pid = static_cast<int>(parse_double(val()));
+    else if (a == "--pid") {
+      std::string list = val();
+      for (size_t pos = 0; pos <= list.size();) {
+        size_t comma = std::min(list.find(',', pos), list.size());
+        int pid = static_cast<int>(parse_double(list.substr(pos, comma - pos)));
+        if (pid <= 0) die("--pid: bad process id in \"%s\"", list.c_str());
+        o.pids.push_back(pid);
+        pos = comma + 1;
+      }
+    } else if (a == "--tls")
+      o.tls = true;
+    else if (a == "--tls-ca")
+      o.tls_ca = val();
+    else if (a == "--tls-name")
+      o.tls_name = val();
     else if (a == "--request")
       o.request = static_cast<int>(parse_size(val()));
     else if (a == "--reply")
@@ -648,6 +687,7 @@ class Client {
   enum class Phase : uint8_t {
     kFree,
     kConnecting,
+    kTls,  // --tls: the TLS handshake, before the proxy protocol's
     kHandshake,
     kRequest,
     kDown,
@@ -656,6 +696,7 @@ class Client {
     kIdle
   };
   int fd = -1;
+  SSL* ssl = nullptr;  // --tls: owned, freed with the connection (Runner::finish/fail)
   Phase phase = Phase::kFree;
   int step = 0;         // handshake step
   int64_t t0 = 0;       // connect() called
@@ -685,11 +726,25 @@ class Runner {
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     if (ep_ < 0) die("epoll_create1: %s", std::strerror(errno));
     std::memset(g_big, 'x', sizeof g_big);
+    if (o_.tls) init_tls();
   }
+  ~Runner() { SSL_CTX_free(tls_ctx_); }
+  Runner(const Runner&) = delete;
+  Runner& operator=(const Runner&) = delete;
 
   int run();
 
  private:
+  // --- TLS (--tls): every connection a full handshake, records read and
+  // written through these two, which map "want read/write" to EAGAIN.
+  void init_tls();
+  bool start_tls(Client& c);
+  bool continue_tls(Client& c);  // false when the client failed
+  ssize_t io_recv(Client& c, void* buf, size_t n);
+  ssize_t io_send(Client& c, const void* buf, size_t n);
+  std::string io_error() const;  // after io_recv/io_send returned -1
+  std::string tls_reason(const Client& c);
+
   // --- connection plumbing
   bool start(Client& c, size_t slot);
   void fail(Client& c, const std::string& why);
@@ -722,6 +777,10 @@ class Runner {
   int ep_ = -1;
   std::vector<Client> clients_;
   std::vector<epoll_event> evs_ = std::vector<epoll_event>(1024);
+  SSL_CTX* tls_ctx_ = nullptr;
+  std::string tls_name_;      // SNI / verified name; empty: none
+  bool tls_name_ip_ = false;  // tls_name_ is an address (verified, never sent as SNI)
+  std::string tls_error_;     // io_recv/io_send's last TLS failure
 
   // results
   uint64_t ok_ = 0;
@@ -729,6 +788,7 @@ class Runner {
   uint64_t errors_ = 0;
   std::string first_error_;
   Latencies lat_hs_, lat_tx_;
+  Latencies lat_tls_;         // --tls: connect() to the end of the TLS handshake
   int64_t deadline_ = 0;      // rate: stop starting transactions after this
   uint64_t started_ = 0;      // rate: transactions started (-n stops at that many)
   bool measuring_ = true;     // false during the rate warm-up
@@ -737,6 +797,114 @@ class Runner {
   uint64_t established_ = 0;  // idle
   uint64_t dropped_ = 0;      // idle: sessions the proxy closed while held
 };
+
+void Runner::init_tls() {
+  tls_ctx_ = SSL_CTX_new(TLS_client_method());
+  if (!tls_ctx_) die("SSL_CTX_new failed");
+  SSL_CTX_set_min_proto_version(tls_ctx_, TLS1_2_VERSION);
+  // A benchmark of handshakes: never resume a session.
+  SSL_CTX_set_session_cache_mode(tls_ctx_, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_options(tls_ctx_, SSL_OP_NO_TICKET | SSL_OP_IGNORE_UNEXPECTED_EOF);
+  // pump_up stops mid-buffer at its stop time and sends g_big from any offset.
+  SSL_CTX_set_mode(tls_ctx_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  tls_name_ = !o_.tls_name.empty() ? o_.tls_name : connect_to_.host;
+  in6_addr a6{};
+  tls_name_ip_ = inet_pton(AF_INET, tls_name_.c_str(), &a6) == 1 ||
+                 inet_pton(AF_INET6, tls_name_.c_str(), &a6) == 1;
+  if (!o_.tls_ca.empty()) {
+    if (SSL_CTX_load_verify_locations(tls_ctx_, o_.tls_ca.c_str(), nullptr) != 1)
+      die("--tls-ca %s: cannot load it", o_.tls_ca.c_str());
+    SSL_CTX_set_verify(tls_ctx_, SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(tls_ctx_, SSL_VERIFY_NONE, nullptr);
+  }
+}
+
+// The TCP connection is up: set up its TLS session and start the handshake.
+bool Runner::start_tls(Client& c) {
+  c.ssl = SSL_new(tls_ctx_);
+  if (!c.ssl || SSL_set_fd(c.ssl, c.fd) != 1) {
+    fail(c, "SSL_new failed");
+    return false;
+  }
+  if (!tls_name_.empty()) {
+    if (!tls_name_ip_) SSL_set_tlsext_host_name(c.ssl, tls_name_.c_str());
+    if (!o_.tls_ca.empty()) {
+      X509_VERIFY_PARAM* param = SSL_get0_param(c.ssl);
+      int ok = tls_name_ip_ ? X509_VERIFY_PARAM_set1_ip_asc(param, tls_name_.c_str())
+                            : X509_VERIFY_PARAM_set1_host(param, tls_name_.c_str(), 0);
+      if (ok != 1) {
+        fail(c, "cannot set the name to verify");
+        return false;
+      }
+    }
+  }
+  c.phase = Client::Phase::kTls;
+  return continue_tls(c);
+}
+
+std::string Runner::tls_reason(const Client& c) {
+  unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  std::string why =
+      e ? ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "?" : "connection closed";
+  if (c.ssl) {
+    long v = SSL_get_verify_result(c.ssl);
+    if (v != X509_V_OK) why += std::string(" (") + X509_verify_cert_error_string(v) + ")";
+  }
+  return why;
+}
+
+bool Runner::continue_tls(Client& c) {
+  ERR_clear_error();
+  int r = SSL_connect(c.ssl);
+  if (r == 1) {
+    if (measuring_) lat_tls_.add(now_ns() - c.t0);
+    return on_connected(c);
+  }
+  int err = SSL_get_error(c.ssl, r);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return true;
+  std::string why = err == SSL_ERROR_SYSCALL && errno ? std::strerror(errno) : tls_reason(c);
+  fail(c, "TLS handshake: " + why);
+  return false;
+}
+
+ssize_t Runner::io_recv(Client& c, void* buf, size_t n) {
+  if (!c.ssl) return recv(c.fd, buf, n, 0);
+  ERR_clear_error();
+  int r = SSL_read(c.ssl, buf, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
+  if (r > 0) return r;
+  int err = SSL_get_error(c.ssl, r);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (err == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify (or EOF: IGNORE_UNEXPECTED_EOF)
+  if (err == SSL_ERROR_SYSCALL && errno) return -1;
+  tls_error_ = "TLS: " + tls_reason(c);
+  errno = EPROTO;
+  return -1;
+}
+
+ssize_t Runner::io_send(Client& c, const void* buf, size_t n) {
+  if (!c.ssl) return send(c.fd, buf, n, MSG_NOSIGNAL);
+  ERR_clear_error();
+  int r = SSL_write(c.ssl, buf, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
+  if (r > 0) return r;
+  int err = SSL_get_error(c.ssl, r);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (err == SSL_ERROR_SYSCALL && errno) return -1;
+  tls_error_ = "TLS: " + tls_reason(c);
+  errno = EPROTO;
+  return -1;
+}
+
+std::string Runner::io_error() const {
+  return errno == EPROTO && !tls_error_.empty() ? tls_error_ : std::strerror(errno);
+}
 
 std::string Runner::first_message() {
   std::string m;
@@ -867,12 +1035,20 @@ bool Runner::start(Client& c, size_t slot) {
 void Runner::fail(Client& c, const std::string& why) {
   ++errors_;
   if (first_error_.empty()) first_error_ = why;
+  SSL_free(c.ssl);  // no close_notify on a failed connection
+  c.ssl = nullptr;
   if (c.fd >= 0) close(c.fd);
   c.fd = -1;
   c.phase = Client::Phase::kFree;
 }
 
 void Runner::finish(Client& c) {
+  if (c.ssl) {
+    // close_notify, as real clients send it; one non-blocking attempt.
+    SSL_shutdown(c.ssl);
+    SSL_free(c.ssl);
+    c.ssl = nullptr;
+  }
   if (c.fd >= 0) close(c.fd);
   c.fd = -1;
   c.phase = Client::Phase::kFree;
@@ -880,10 +1056,10 @@ void Runner::finish(Client& c) {
 
 bool Runner::flush(Client& c) {
   while (c.woff < c.wbuf.size()) {
-    ssize_t n = send(c.fd, c.wbuf.data() + c.woff, c.wbuf.size() - c.woff, MSG_NOSIGNAL);
+    ssize_t n = io_send(c, c.wbuf.data() + c.woff, c.wbuf.size() - c.woff);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) return true;
-      fail(c, strf("send: %s", std::strerror(errno)));
+      fail(c, "send: " + io_error());
       return false;
     }
     c.woff += static_cast<size_t>(n);
@@ -934,10 +1110,10 @@ bool Runner::handshake_done(Client& c, size_t used) {
 
 bool Runner::read_handshake(Client& c) {
   for (;;) {
-    ssize_t n = recv(c.fd, c.rbuf + c.rlen, sizeof c.rbuf - c.rlen, 0);
+    ssize_t n = io_recv(c, c.rbuf + c.rlen, sizeof c.rbuf - c.rlen);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) return true;
-      fail(c, strf("handshake recv: %s", std::strerror(errno)));
+      fail(c, "handshake recv: " + io_error());
       return false;
     }
     if (n == 0) {
@@ -946,8 +1122,9 @@ bool Runner::read_handshake(Client& c) {
     }
     c.rlen += static_cast<size_t>(n);
     // With EPOLLET a pending EOF is reported once: only a short read without
-    // it means the socket is drained.
-    bool drained = c.rlen < sizeof c.rbuf && !c.hup;
+    // it means the socket is drained. Not with TLS: a short read ends a
+    // record, and more records may wait in the socket.
+    bool drained = c.rlen < sizeof c.rbuf && !c.hup && !c.ssl;
     for (;;) {
       std::string err;
       long used = parse_reply(c, err);
@@ -1017,11 +1194,11 @@ bool Runner::read_payload(Client& c) {
       return false;
     }
     if (drained) return true;
-    ssize_t n = recv(c.fd, sink, sizeof sink, 0);
+    ssize_t n = io_recv(c, sink, sizeof sink);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) return true;
       if (c.phase == Client::Phase::kIdle) ++dropped_;
-      fail(c, strf("recv: %s", std::strerror(errno)));
+      fail(c, "recv: " + io_error());
       return false;
     }
     if (n == 0) {
@@ -1044,22 +1221,23 @@ bool Runner::read_payload(Client& c) {
     }
     // A short read drained the socket: no need for a recv that says EAGAIN,
     // but the completion checks at the top still have to run once.
-    drained = static_cast<size_t>(n) < sizeof sink && !c.hup;
+    drained = static_cast<size_t>(n) < sizeof sink && !c.hup && !c.ssl;
   }
 }
 
 bool Runner::pump_up(Client& c) {
   while (c.phase == Client::Phase::kUp) {
     if (c.sent >= o_.count || (c.stop_at && now_ns() >= c.stop_at)) {
+      if (c.ssl) SSL_shutdown(c.ssl);  // close_notify: TLS's end of the upload
       shutdown(c.fd, SHUT_WR);
       c.phase = Client::Phase::kUpDrain;
       return read_payload(c);
     }
     size_t n = static_cast<size_t>(std::min<uint64_t>(o_.count - c.sent, kBig));
-    ssize_t w = send(c.fd, g_big, n, MSG_NOSIGNAL);
+    ssize_t w = io_send(c, g_big, n);
     if (w < 0) {
       if (errno == EAGAIN || errno == EINTR) return true;
-      fail(c, strf("send: %s", std::strerror(errno)));
+      fail(c, "send: " + io_error());
       return false;
     }
     c.sent += static_cast<uint64_t>(w);
@@ -1079,10 +1257,21 @@ void Runner::on_event(Client& c, uint32_t events) {
       return;
     }
     if (!(events & EPOLLOUT)) return;
+    if (tls_ctx_) {
+      start_tls(c);
+      return;  // the server speaks only after our ClientHello
+    }
     if (!on_connected(c)) return;
     if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) return;
   }
-  if ((events & EPOLLOUT) && !c.wbuf.empty() && !flush(c)) return;
+  if (c.phase == Client::Phase::kTls) {
+    if (!continue_tls(c)) return;
+    // Done: the proxy protocol's first message is out; its answer comes later.
+    if (c.phase != Client::Phase::kHandshake || !(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)))
+      return;
+  }
+  // A TLS write may wait on a read (and the other way round): retry it on any event.
+  if ((events & EPOLLOUT || c.ssl) && !c.wbuf.empty() && !flush(c)) return;
   if ((events & EPOLLOUT) && c.phase == Client::Phase::kUp && !pump_up(c)) return;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     if (c.phase == Client::Phase::kHandshake)
@@ -1103,6 +1292,7 @@ void Runner::check_timeouts(int64_t now) {
     if (bulk) continue;  // bounded by -d / -n instead
     if (now - c.t0 > limit)
       fail(c, c.phase == Client::Phase::kConnecting  ? "connect timeout"
+              : c.phase == Client::Phase::kTls       ? "TLS handshake timeout"
               : c.phase == Client::Phase::kHandshake ? "handshake timeout"
                                                      : "reply timeout");
   }
@@ -1130,18 +1320,18 @@ void Runner::report(const std::string& human, const std::string& json) {
 
 // Proxy CPU over a run, from /proc (children included).
 struct CpuMeter {
-  int pid;
+  std::vector<int> pids;
   double before = -1;
-  explicit CpuMeter(int p) : pid(p) { restart(); }
+  explicit CpuMeter(const std::vector<int>& p) : pids(p) { restart(); }
   void restart() {
-    if (pid > 0) {
-      before = tree_cpu_seconds(pid);
-      if (before < 0) die("--pid %d: no such process", pid);
+    if (!pids.empty()) {
+      before = tree_cpu_seconds(pids);
+      if (before < 0) die("--pid: a process is gone");
     }
   }
   double used() const {
-    if (pid <= 0) return -1;
-    double after = tree_cpu_seconds(pid);
+    if (pids.empty()) return -1;
+    double after = tree_cpu_seconds(pids);
     return after < 0 ? -1 : after - before;
   }
 };
@@ -1149,7 +1339,7 @@ struct CpuMeter {
 int Runner::run_rate() {
   if (o_.conns < 1) die("-c must be at least 1");
   clients_.resize(static_cast<size_t>(o_.conns));
-  CpuMeter cpu(o_.pid);
+  CpuMeter cpu(o_.pids);
   const int64_t t_start = now_ns();
   // Warm-up: the same load, then every counter starts from zero.
   const int64_t measure_from = t_start + static_cast<int64_t>(std::max(0.0, o_.warmup) * 1e9);
@@ -1210,6 +1400,12 @@ int Runner::run_rate() {
       o_.conns, secs, static_cast<unsigned long long>(ok_), rate,
       static_cast<unsigned long long>(errors_), lat_hs_.pct(0.5), lat_hs_.pct(0.9),
       lat_hs_.pct(0.99), lat_tx_.pct(0.5), lat_tx_.pct(0.9), lat_tx_.pct(0.99));
+  if (o_.tls) {
+    // Part of the handshake latency above: connect() to the end of the TLS handshake.
+    human += strf(", TLS handshake p50/p99 %.3f/%.3f ms", lat_tls_.pct(0.5), lat_tls_.pct(0.99));
+    json += strf(",\"tls\":true,\"tls_p50_ms\":%.4f,\"tls_p99_ms\":%.4f", lat_tls_.pct(0.5),
+                 lat_tls_.pct(0.99));
+  }
   if (cpu_s >= 0) {
     // CPU over the run (including the grace period) against every finished transaction.
     double per_tx_us = ok_ ? cpu_s * 1e6 / static_cast<double>(ok_) : 0;
@@ -1232,7 +1428,7 @@ int Runner::run_bulk() {
   int streams = o_.conns_given ? o_.conns : 1;
   if (streams < 1) die("-c must be at least 1");
   clients_.resize(static_cast<size_t>(streams));
-  CpuMeter cpu(o_.pid);
+  CpuMeter cpu(o_.pids);
   const int64_t t_start = now_ns();
   // Each stream stops at -n bytes or -d seconds after its handshake; a hard
   // end bounds everything (handshakes included).
@@ -1303,11 +1499,11 @@ int Runner::run_bulk() {
 
 int Runner::run_idle() {
   if (o_.count == 0) die("idle needs -n SESSIONS");
-  if (o_.pid <= 0) die("idle needs --pid PROXY_PID");
+  if (o_.pids.empty()) die("idle needs --pid PROXY_PID");
   const size_t n = static_cast<size_t>(o_.count);
   clients_.resize(n);
-  long rss_before = tree_rss_kib(o_.pid);
-  if (rss_before < 0) die("--pid %d: no such process", o_.pid);
+  long rss_before = tree_rss_kib(o_.pids);
+  if (rss_before < 0) die("--pid: no such process");
   const int64_t t_start = now_ns();
   const int64_t open_end = t_start + static_cast<int64_t>((o_.timeout + 60) * 1e9);
   const size_t batch = static_cast<size_t>(std::max(1, o_.batch));
@@ -1319,7 +1515,8 @@ int Runner::run_idle() {
     size_t in_flight = 0;
     for (size_t i = 0; i < next; ++i) {
       auto ph = clients_[i].phase;
-      in_flight += ph == Client::Phase::kConnecting || ph == Client::Phase::kHandshake;
+      in_flight += ph == Client::Phase::kConnecting || ph == Client::Phase::kTls ||
+                   ph == Client::Phase::kHandshake;
     }
     while (next < n && in_flight < batch && !g_stop) {
       if (start(clients_[next], next)) ++in_flight;
@@ -1338,7 +1535,7 @@ int Runner::run_idle() {
   // Hold: anything the proxy does to an idle session (close, data) is counted.
   const int64_t hold_end = now_ns() + static_cast<int64_t>(o_.hold * 1e9);
   while (now_ns() < hold_end && !g_stop) wait_events(50);
-  long rss_after = tree_rss_kib(o_.pid);
+  long rss_after = tree_rss_kib(o_.pids);
   size_t held = 0;
   for (Client& c : clients_) held += c.phase == Client::Phase::kIdle;
   for (Client& c : clients_)
@@ -1377,6 +1574,7 @@ class GetRunner {
   explicit GetRunner(const Options& o) : o_(o) {
     if (o_.target.empty()) die("--target is required");
     if (o_.proto != "http" && o_.proto != "direct") die("get: --proto must be http or direct");
+    if (o_.tls) die("get: --tls is for rate, bulk and idle only");
     target_ = parse_endpoint(o_.target, o_.proto == "direct");
     if (o_.proto == "http") {
       if (o_.proxy.empty()) die("--proxy is required with --proto http");
@@ -1592,7 +1790,7 @@ void GetRunner::on_event(size_t slot, uint32_t events) {
 int GetRunner::run() {
   if (o_.conns < 1) die("-c must be at least 1");
   conns_.resize(static_cast<size_t>(o_.conns));
-  CpuMeter cpu(o_.pid);
+  CpuMeter cpu(o_.pids);
   const int64_t t_start = now_ns();
   deadline_ = t_start + static_cast<int64_t>(o_.duration * 1e9);
   const int64_t limit = static_cast<int64_t>(o_.timeout * 1e9);

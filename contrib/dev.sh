@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES="build-essential cmake pkg-config libev-dev liblua5.4-dev lua5.4 libc-ares-dev \
 zlib1g-dev libssl-dev libpcre2-dev libfmt-dev libcli11-dev libgtest-dev curl python3"
 TEST_PACKAGES="microsocks dante-server tinyproxy wget python3-requests chromium slowhttptest prometheus \
-dpkg-dev file systemd man-db haproxy nftables python3-socks dnsmasq socat openssl"
+dpkg-dev file systemd man-db haproxy nftables python3-socks dnsmasq socat openssl stunnel4"
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 install_missing() {
