@@ -742,6 +742,7 @@ class Runner {
   bool continue_tls(Client& c);  // false when the client failed
   ssize_t io_recv(Client& c, void* buf, size_t n);
   ssize_t io_send(Client& c, const void* buf, size_t n);
+  ssize_t tls_result(Client& c, int r);
   std::string io_error() const;  // after io_recv/io_send returned -1
   std::string tls_reason(const Client& c);
 
@@ -872,7 +873,20 @@ bool Runner::continue_tls(Client& c) {
 ssize_t Runner::io_recv(Client& c, void* buf, size_t n) {
   if (!c.ssl) return recv(c.fd, buf, n, 0);
   ERR_clear_error();
-  int r = SSL_read(c.ssl, buf, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
+  return tls_result(c, SSL_read(c.ssl, buf, static_cast<int>(std::min<size_t>(n, INT32_MAX))));
+}
+
+ssize_t Runner::io_send(Client& c, const void* buf, size_t n) {
+  if (!c.ssl) return send(c.fd, buf, n, MSG_NOSIGNAL);
+  ERR_clear_error();
+  ssize_t w =
+      tls_result(c, SSL_write(c.ssl, buf, static_cast<int>(std::min<size_t>(n, INT32_MAX))));
+  if (w == 0) errno = EPIPE;  // the peer's close_notify: send never returns 0
+  return w == 0 ? -1 : w;
+}
+
+// SSL_read/SSL_write's result `r` as recv/send would say it.
+ssize_t Runner::tls_result(Client& c, int r) {
   if (r > 0) return r;
   int err = SSL_get_error(c.ssl, r);
   if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
@@ -880,22 +894,6 @@ ssize_t Runner::io_recv(Client& c, void* buf, size_t n) {
     return -1;
   }
   if (err == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify (or EOF: IGNORE_UNEXPECTED_EOF)
-  if (err == SSL_ERROR_SYSCALL && errno) return -1;
-  tls_error_ = "TLS: " + tls_reason(c);
-  errno = EPROTO;
-  return -1;
-}
-
-ssize_t Runner::io_send(Client& c, const void* buf, size_t n) {
-  if (!c.ssl) return send(c.fd, buf, n, MSG_NOSIGNAL);
-  ERR_clear_error();
-  int r = SSL_write(c.ssl, buf, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
-  if (r > 0) return r;
-  int err = SSL_get_error(c.ssl, r);
-  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-    errno = EAGAIN;
-    return -1;
-  }
   if (err == SSL_ERROR_SYSCALL && errno) return -1;
   tls_error_ = "TLS: " + tls_reason(c);
   errno = EPROTO;
