@@ -1928,7 +1928,7 @@ local function try_member(self, forward, m, addr)
     return false, err
 end
 
-function group:forward(addr)
+local function group_forward(self, addr)
     local forward = self.forward_fn or await.forward
     local clock = self.clock
     local now = clock()
@@ -1936,7 +1936,15 @@ function group:forward(addr)
     if first and now < self.steady_until then
         -- The healthy group (see group:select): the settled member, at the
         -- cost of a plain forward and its bookkeeping (record_success).
-        local ok, err = forward_via(forward, first, addr)
+        local ok, err
+        local n = first.nargs
+        if n == 1 then
+            ok, err = forward(addr, first.args[1])
+        elseif n == 0 then
+            ok, err = forward(addr)
+        else
+            ok, err = forward_via(forward, first, addr)
+        end
         local t1 = clock()
         if ok then
             first.successes = first.successes + 1
@@ -1974,6 +1982,7 @@ function group:forward(addr)
     end
     return self:forward_rest(addr, forward, first, now)
 end
+group.forward = group_forward
 
 -- After `first` failed (or was not usable): the other members in order.
 function group:forward_rest(addr, forward, first, now)
@@ -1993,7 +2002,7 @@ end
 -- group:action(): a rule action routing through the group.
 function group:action()
     return function(addr)
-        return self:forward(addr)
+        return group_forward(self, addr)
     end
 end
 
