@@ -1802,6 +1802,9 @@ function group:select(now)
             evlogf("group %s: %s -> %s", self.name, cur and cur.name or "none", best.name)
         end
         self.current, self.challenger = best, nil
+        if failover then
+            self.steady, self.steady_until = best, until_ -- as above, now that best == cur
+        end
         return best
     end
     if best ~= cur and self:better(best, cur) then
@@ -1812,6 +1815,9 @@ function group:select(now)
             self.switches = self.switches + 1
             evlogf("group %s: %s -> %s (preferred)", self.name, cur.name, best.name)
             self.current, self.challenger = best, nil
+            if failover then
+                self.steady, self.steady_until = best, until_
+            end
             return best
         end
     else
