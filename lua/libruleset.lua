@@ -1750,17 +1750,27 @@ end
 -- over only once it has stayed better for `hysteresis` seconds; a current
 -- member that is out is left at once.
 function group:select(now)
+    self.steady = nil
     if self.forced then
         return self.forced
     end
     local members, best = self.members, nil
-    if self.mode == "failover" then
-        -- List order: the first usable member is the best (the hot path).
+    local failover, until_ = self.mode == "failover", math.huge
+    if failover then
+        -- List order: the first usable member is the best. The members ahead
+        -- of it are out: drained or weighted 0 (until an operator acts) or
+        -- down until their cool-down ends; the earliest end bounds how long
+        -- this choice holds without a look at the others.
         for i = 1, #members do
             local m = members[i]
-            if not m.drained and m.weight > 0 and now >= m.down_until then
-                best = m
-                break
+            if not m.drained and m.weight > 0 then
+                local down = m.down_until
+                if now >= down then
+                    best = m
+                    break
+                elseif down < until_ then
+                    until_ = down
+                end
             end
         end
     else
@@ -1774,6 +1784,13 @@ function group:select(now)
     local cur = self.current
     if best == cur then
         self.challenger = nil
+        if failover and cur then
+            -- Settled: until `until_`, or until a failure, a probe or an
+            -- operator changes a member (each clears self.steady), select
+            -- would return cur again and change nothing; group:forward goes
+            -- straight to it.
+            self.steady, self.steady_until = cur, until_
+        end
         return cur
     end
     if best == nil then
@@ -1785,6 +1802,9 @@ function group:select(now)
             evlogf("group %s: %s -> %s", self.name, cur and cur.name or "none", best.name)
         end
         self.current, self.challenger = best, nil
+        if failover then
+            self.steady, self.steady_until = best, until_ -- as above, now that best == cur
+        end
         return best
     end
     if best ~= cur and self:better(best, cur) then
@@ -1795,6 +1815,9 @@ function group:select(now)
             self.switches = self.switches + 1
             evlogf("group %s: %s -> %s (preferred)", self.name, cur.name, best.name)
             self.current, self.challenger = best, nil
+            if failover then
+                self.steady, self.steady_until = best, until_
+            end
             return best
         end
     else
@@ -1851,6 +1874,7 @@ function group:record_success(m, seconds)
 end
 
 function group:record_failure(m, now, err)
+    self.steady = nil
     m.failures = m.failures + 1
     local kept = {}
     for _, t in ipairs(m.fails) do
@@ -1868,22 +1892,41 @@ function group:record_failure(m, now, err)
     end
 end
 
+-- forward(addr, m's chain), without tunpack for the usual short chains
+local function forward_via(forward, m, addr)
+    local n, args = m.nargs, m.args
+    if n == 0 then
+        return forward(addr)
+    elseif n == 1 then
+        return forward(addr, args[1])
+    elseif n == 2 then
+        return forward(addr, args[1], args[2])
+    end
+    return forward(addr, tunpack(args, 1, n))
+end
+
+-- A member other than the selected one connected: the selected member failed
+-- this request (or, while it waited, another one). Traffic moves now, and back
+-- only after the hysteresis.
+local function failed_over(self, m)
+    self.steady = nil
+    self.switches = self.switches + 1
+    evlogf("group %s: %s -> %s (failover)", self.name,
+        self.current and self.current.name or "none", m.name)
+    self.current, self.challenger = m, nil
+end
+
 -- group:forward(addr): await.forward through the members in order. Returns
 -- true and the member's name, or nil and the last error.
 local function try_member(self, forward, m, addr)
     local clock = self.clock
     local t0 = clock()
-    local ok, err = forward(addr, tunpack(m.args, 1, m.nargs))
+    local ok, err = forward_via(forward, m, addr)
     local t1 = clock()
     if ok then
         self:record_success(m, t1 - t0)
         if m ~= self.current and not self.forced then
-            -- The selected member failed this request: traffic moves now,
-            -- and back only after the hysteresis.
-            self.switches = self.switches + 1
-            evlogf("group %s: %s -> %s (failover)", self.name,
-                self.current and self.current.name or "none", m.name)
-            self.current, self.challenger = m, nil
+            failed_over(self, m)
         end
         return true
     end
@@ -1891,9 +1934,39 @@ local function try_member(self, forward, m, addr)
     return false, err
 end
 
-function group:forward(addr)
+local function group_forward(self, addr)
     local forward = self.forward_fn or await.forward
-    local now = self.clock()
+    local clock = self.clock
+    local now = clock()
+    local first = self.steady
+    if first and now < self.steady_until then
+        -- The healthy group (see group:select): the settled member, at the
+        -- cost of a plain forward and its bookkeeping (record_success).
+        local ok, err
+        local n = first.nargs
+        if n == 1 then
+            ok, err = forward(addr, first.args[1])
+        elseif n == 0 then
+            ok, err = forward(addr)
+        else
+            ok, err = forward_via(forward, first, addr)
+        end
+        local t1 = clock()
+        if ok then
+            first.successes = first.successes + 1
+            if first.fails[1] then
+                first.fails = {}
+            end
+            local seconds, latency = t1 - now, first.latency
+            first.latency = latency and (latency + self.ewma * (seconds - latency)) or seconds
+            if first ~= self.current and not self.forced then
+                failed_over(self, first) -- the group moved while this dial waited
+            end
+            return true, first.name
+        end
+        self:record_failure(first, t1, err)
+        return self:forward_rest(addr, forward, first, t1)
+    end
     -- The usual case first, without building the whole order: the selected
     -- member, usable, connects.
     local forced = self.forced
@@ -1905,14 +1978,20 @@ function group:forward(addr)
         end
         return nil, err
     end
-    local first = self:select(now)
+    first = self:select(now)
     if first and self:usable(first, now) then
         local ok, err = try_member(self, forward, first, addr)
         if ok then
             return true, first.name
         end
-        now = self.clock()
+        now = clock()
     end
+    return self:forward_rest(addr, forward, first, now)
+end
+group.forward = group_forward
+
+-- After `first` failed (or was not usable): the other members in order.
+function group:forward_rest(addr, forward, first, now)
     local lasterr = "no usable member"
     for _, m in ipairs(self:order(now)) do
         if m ~= first then
@@ -1929,7 +2008,7 @@ end
 -- group:action(): a rule action routing through the group.
 function group:action()
     return function(addr)
-        return self:forward(addr)
+        return group_forward(self, addr)
     end
 end
 
@@ -1944,6 +2023,7 @@ end
 
 function group:drain(name, on)
     self:member(name).drained = on ~= false
+    self.steady = nil
 end
 
 function group:set_weight(name, w)
@@ -1952,10 +2032,12 @@ function group:set_weight(name, w)
         error("group weight must be a non-negative number", 2)
     end
     self:member(name).weight = w
+    self.steady = nil
 end
 
 function group:force(name)
     self.forced = name ~= nil and self:member(name) or nil
+    self.steady = nil
 end
 
 -- One active probe of `m`: a TCP connection through its chain to the probe
@@ -1966,6 +2048,7 @@ function group:probe_once(m, now)
     local t0 = now_of(self)
     local ok, err = connect(p.target, tunpack(m.args, 1, m.nargs))
     local t1 = now_of(self)
+    self.steady = nil -- a probe may bring a member back before its cool-down ends
     if ok then
         m.down_until = 0
         self:record_success(m, t1 - t0)

@@ -1683,6 +1683,84 @@ test("group: state in stats and metrics; a redefined group keeps it", function()
     raises("unknown mode", lb.group, "x", { { "a" } }, { mode = "random" })
 end)
 
+-- A settled group forwards straight to its member (group.steady); each of
+-- these must end that at once, exactly as a full selection would.
+test("group: a settled member is left at once after a failure, drain, weight or force", function()
+    local w = fake_world()
+    local g = new_group("settled", w, { max_fails = 1, cooldown = 5, hysteresis = 3 })
+    same({ true, "a" }, "a serves", g:forward("x:1"))
+    check(g.steady == g.byname.a, "settled on a")
+    same({ true, "a" }, "the settled path", g:forward("x:1"))
+    eq(g.byname.a.successes, 2, "successes counted on the settled path")
+    -- A failure on the settled path: the next member takes this very request.
+    w.dead["socks5://a:1"] = true
+    same({ true, "b" }, "a failed, b took the request", g:forward("x:1"))
+    eq(g:state_of(g.byname.a), "down", "a out")
+    eq(g.current.name, "b", "current")
+    check(g.steady == g.byname.b, "settled on b while a is out")
+    -- a's cool-down ends with nothing else happening: the settled choice
+    -- must not outlive it (a becomes the challenger, then takes over after
+    -- the hysteresis).
+    w.dead["socks5://a:1"] = nil
+    w.now = w.now + 5
+    same({ true, "b" }, "hysteresis", g:forward("x:1"))
+    check(g.steady == nil and g.challenger == g.byname.a, "a challenges b")
+    w.now = w.now + 3
+    same({ true, "a" }, "preempted back to a", g:forward("x:1"))
+    same({ true, "a" }, "settled on a again", g:forward("x:1"))
+    g:drain("a")
+    same({ true, "b" }, "drained: at once", g:forward("x:1"))
+    g:drain("a", false)
+    w.now = w.now + 3
+    same({ true, "b" }, "undrained: hysteresis first", g:forward("x:1"))
+    w.now = w.now + 3
+    same({ true, "a" }, "then back", g:forward("x:1"))
+    g:set_weight("a", 0)
+    same({ true, "b" }, "weighted 0: at once", g:forward("x:1"))
+    g:set_weight("a", 1)
+    g:force("c")
+    same({ true, "c" }, "forced: at once", g:forward("x:1"))
+    g:force(nil)
+    same({ true, "b" }, "unforced: back to the selected member", g:forward("x:1"))
+end)
+
+test("group: a probe that brings a member back ends the settled choice", function()
+    local w = fake_world()
+    local g = new_group("settled-probe", w, { max_fails = 1, cooldown = 1000, hysteresis = 0,
+        probe = { target = "probe.example:80", interval = 10 } })
+    w.dead["socks5://a:1"] = true
+    same({ true, "b" }, "a failed", g:forward("x:1"))
+    same({ true, "b" }, "settled on b", g:forward("x:1"))
+    check(g.steady == g.byname.b, "settled")
+    w.dead["socks5://a:1"] = nil
+    g:probe_once(g.byname.a, w.now)
+    same({ true, "a" }, "a is back long before its cool-down ends", g:forward("x:1"))
+end)
+
+test("group: a member that connects after the group moved away takes the traffic back", function()
+    local w = fake_world()
+    local g = new_group("settled-race", w, { max_fails = 5, hysteresis = 100 })
+    same({ true, "a" }, "settled on a", g:forward("x:1"))
+    -- While one request's dial through a waits, another's fails on a and
+    -- moves the group to b; then the first connects.
+    local outer = w.forward
+    local nested = false
+    g.forward_fn = function(addr, ...)
+        local hop = select(select("#", ...), ...)
+        if hop == "socks5://a:1" and not nested then
+            nested = true
+            w.dead[hop] = true
+            same({ true, "b" }, "the other request", g:forward("y:1"))
+            w.dead[hop] = nil
+        end
+        return outer(addr, ...)
+    end
+    local switches = g.switches
+    same({ true, "a" }, "the waiting request", g:forward("x:1"))
+    eq(g.current.name, "a", "a connected: traffic is on a again")
+    eq(g.switches, switches + 2, "a -> b -> a")
+end)
+
 local filter = os.getenv("TEST_FILTER")
 
 async(function()
