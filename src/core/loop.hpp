@@ -55,11 +55,22 @@ class Io : public Watcher<ev_io> {
     ev_io_set(&w_, fd, events);
     if (was && events) start();
   }
-  // Changes the event mask, keeping the fd. A mask of 0 stops the watcher.
+  // Like set(), for an fd whose file description another watcher on this
+  // loop is watching right now (and goes on watching until this one has
+  // started): libev then need not re-register it with the kernel, which
+  // set() forces because a new fd may reuse a closed one's number. Saves an
+  // epoll_ctl per hand-over (session -> relay).
+  void adopt(int fd, int events) {
+    set(fd, events);
+    w_.events &= ~EV__IOFDSET;
+  }
+  // Changes the event mask, keeping the fd (and libev's registration of it:
+  // the kernel hears of the change only if the fd's combined mask changes).
+  // A mask of 0 stops the watcher.
   void modify(int events) {
     if (events == (w_.events & (EV_READ | EV_WRITE)) && active()) return;
     stop();
-    ev_io_set(&w_, w_.fd, events);
+    ev_io_modify(&w_, events);
     if (events) start();
   }
   int fd() const { return w_.fd; }

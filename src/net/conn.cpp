@@ -95,13 +95,17 @@ ssize_t Conn::tls_result(int ret, size_t n, bool reading) {
   }
 }
 
-void Conn::shutdown_write() {
+void Conn::close_notify() {
   if (ssl_) {
     // One close_notify; the answer (if any) is read by whoever still reads.
     ERR_clear_error();
     (void)SSL_shutdown(ssl_.get());
     ERR_clear_error();
   }
+}
+
+void Conn::shutdown_write() {
+  close_notify();
   ::shutdown(fd_.get(), SHUT_WR);
 }
 

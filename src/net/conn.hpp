@@ -57,6 +57,9 @@ class Conn {
   bool pending() const { return ssl_ && SSL_has_pending(ssl_.get()) == 1; }
   // Ends the write side: close_notify for TLS, then shutdown(SHUT_WR).
   void shutdown_write();
+  // The TLS part of that alone, for a socket about to be closed (close(2)
+  // sends the FIN itself). Nothing for a plain one.
+  void close_notify();
   // What the last failed call hit (-1 with an errno other than EAGAIN).
   std::string error_text() const { return error_.empty() ? std::strerror(errno_) : error_; }
 

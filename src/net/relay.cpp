@@ -33,15 +33,50 @@ Relay::Relay(ev::Loop* loop, Conn client, Conn upstream, RelayOptions opts, Done
       upstream_(std::move(upstream)),
       up_(this, Dir::kUp, client_, upstream_),
       down_(this, Dir::kDown, upstream_, client_),
+      client_io_(loop, [this](int revents) { on_io(client_, revents); }),
+      upstream_io_(loop, [this](int revents) { on_io(upstream_, revents); }),
       timer_(loop, [this](int) { on_timer(); }) {}
 
 Relay::~Relay() = default;
 
-void Relay::start(std::string_view initial_up) {
+void Relay::start(std::string_view initial_up, bool client_watched) {
   last_active_ = ev_now(loop_);
   if (opts_.idle_timeout > 0) timer_.start(opts_.idle_timeout);
+  if (client_watched) {
+    client_io_.adopt(client_.fd(), 0);
+  } else {
+    client_io_.set(client_.fd(), 0);
+  }
+  upstream_io_.set(upstream_.fd(), 0);
   up_.start(initial_up);
   down_.start({});
+  sync_watchers();
+}
+
+void Relay::on_io(Conn& conn, int revents) {
+  const bool client = &conn == &client_;
+  Pump& writer = client ? down_ : up_;  // writes to conn
+  Pump& reader = client ? up_ : down_;  // reads from conn
+  dispatching_ = true;
+  if (revents & writer.dst_events()) writer.on_writable();
+  if (!closed_ && (revents & reader.src_events())) reader.on_readable();
+  dispatching_ = false;
+  sync_watchers();
+}
+
+void Relay::sync_watchers() {
+  if (dispatching_) return;
+  if (closed_) {
+    client_io_.stop();
+    upstream_io_.stop();
+    return;
+  }
+  client_io_.modify(up_.src_events() | down_.dst_events());
+  upstream_io_.modify(down_.src_events() | up_.dst_events());
+}
+
+void Relay::feed(const Conn& src) {
+  (&src == &client_ ? client_io_ : upstream_io_).feed(EV_READ);
 }
 
 void Relay::on_traffic(Dir dir, size_t n) {
@@ -94,7 +129,11 @@ void Relay::close(std::string_view reason) {
   closed_ = true;
   up_.stop();
   down_.stop();
+  client_io_.stop();
+  upstream_io_.stop();
   timer_.stop();
+  client_.reset();
+  upstream_.reset();
   done_(stats_, reason);
 }
 
@@ -104,27 +143,27 @@ Relay::Pump::Pump(Relay* relay, Dir dir, Conn& src, Conn& dst)
       // splice(2) would move ciphertext: a TLS leg copies.
       splice_(relay->opts_.use_splice && !src.tls() && !dst.tls()),
       src_(&src),
-      dst_(&dst),
-      src_watcher_(relay->loop_, [this](int) { on_readable(); }),
-      dst_watcher_(relay->loop_, [this](int) { on_writable(); }) {
-  src_watcher_.set(src.fd(), EV_READ);
-  dst_watcher_.set(dst.fd(), EV_WRITE);
+      dst_(&dst) {}
+
+void Relay::Pump::wait(int src_events, int dst_events) {
+  src_events_ = src_events;
+  dst_events_ = dst_events;
+  relay_->sync_watchers();
 }
 
 void Relay::Pump::start(std::string_view preamble) {
   preamble_.assign(preamble);
   if (pending() > 0) {
-    dst_watcher_.start();
+    wait(0, EV_WRITE);
   } else {
-    src_watcher_.start();
+    wait(EV_READ, 0);
     // A TLS handshake may have brought the first bytes along.
-    if (src_->pending()) src_watcher_.feed(EV_READ);
+    if (src_->pending()) relay_->feed(*src_);
   }
 }
 
 void Relay::Pump::stop() {
-  src_watcher_.stop();
-  dst_watcher_.stop();
+  wait(0, 0);
   std::string().swap(preamble_);  // frees it; clear() would keep the capacity
   preamble_sent_ = 0;
   pipe_.release();
@@ -145,7 +184,7 @@ void Relay::Pump::on_readable() {
         fail(*src_, "read", err);
       } else if (src_->tls()) {
         // A TLS read may wait for the socket to take bytes (a key update).
-        src_watcher_.modify(src_->wants());
+        wait(src_->wants(), 0);
       }
       return;
     }
@@ -157,7 +196,7 @@ void Relay::Pump::on_readable() {
   }
   // Out of budget with records already decrypted: no socket event will say
   // so, so come back after the other sessions had their turn.
-  if (src_->pending()) src_watcher_.feed(EV_READ);
+  if (src_->pending()) relay_->feed(*src_);
 }
 
 void Relay::Pump::on_writable() {
@@ -166,8 +205,7 @@ void Relay::Pump::on_writable() {
     finish();
     return;
   }
-  dst_watcher_.stop();
-  src_watcher_.start();
+  wait(EV_READ, 0);
   // The source most likely has more already: read now rather than next wakeup.
   on_readable();
 }
@@ -180,8 +218,15 @@ void Relay::Pump::on_eof() {
 void Relay::Pump::finish() {
   state_ = State::kFinished;
   stop();
-  // Failure (ENOTCONN after a reset) is left to the other pump to report.
-  dst_->shutdown_write();
+  const Pump& other = dir_ == Dir::kUp ? relay_->down_ : relay_->up_;
+  if (other.finished()) {
+    // Both ways are done: the relay closes both sockets right away, and
+    // close(2) sends the FIN that shutdown(2) would.
+    dst_->close_notify();
+  } else {
+    // Failure (ENOTCONN after a reset) is left to the other pump to report.
+    dst_->shutdown_write();
+  }
   relay_->on_pump_finished();
 }
 
@@ -203,9 +248,8 @@ Relay::Pump::Flush Relay::Pump::flush() {
     int err = n == 0 ? EAGAIN : errno;
     if (err == EINTR) continue;
     if (would_block(err)) {
-      src_watcher_.stop();
       // A TLS write may wait for the socket to bring bytes (a key update).
-      dst_watcher_.modify(dst_->tls() ? dst_->wants() : EV_WRITE);
+      wait(0, dst_->tls() ? dst_->wants() : EV_WRITE);
       return Flush::kBlocked;
     }
     // The destination refuses splice: copy what the pipe holds, and from now on.

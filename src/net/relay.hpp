@@ -13,7 +13,8 @@
 // pools in buffer_pool.hpp for each read and returns it once written.
 //
 // Lifecycle: construct (takes both fds) -> start() -> `done` runs exactly once,
-// from a loop callback -> the owner destroys the Relay. `done` must not destroy
+// from a loop callback, after both sockets are closed -> the owner destroys
+// the Relay. `done` must not destroy
 // the Relay (one of its watchers is on the stack): defer that with
 // rs::ev::Deferred. Destroying a Relay before `done` runs is fine: it stops
 // silently and `done` never runs.
@@ -76,7 +77,8 @@ class Relay {
   // Takes ownership of both connections, whose sockets must be non-blocking
   // (accept4 and the dialer make them so: no fcntl per session here).
   Relay(ev::Loop* loop, Conn client, Conn upstream, RelayOptions opts, DoneCallback done);
-  // Stops the watchers, returns chunks to the pools and closes both fds.
+  // Stops the watchers, returns chunks to the pools and closes both fds
+  // (unless `done` has run: they are closed then).
   ~Relay();
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
@@ -84,10 +86,13 @@ class Relay {
   // Starts both directions; call once. `initial_up`: bytes already read from
   // the client beyond the handshake, sent upstream before anything else. No
   // I/O happens here, so `done` never runs inside start().
-  void start(std::string_view initial_up = {});
+  // `client_watched`: a watcher of the caller is watching the client fd and
+  // stops only after this returns, so the relay takes libev's registration
+  // of the fd over instead of making it anew (ev::Io::adopt).
+  void start(std::string_view initial_up = {}, bool client_watched = false);
 
   const RelayStats& stats() const { return stats_; }
-  // True once `done` has run; the relay then holds nothing but its fds.
+  // True once `done` has run; the relay then holds nothing.
   bool closed() const { return closed_; }
   // Sums over every relay of the process (for /stats).
   static const RelayStats& totals() { return totals_; }
@@ -95,26 +100,29 @@ class Relay {
  private:
   enum class Dir : uint8_t { kUp, kDown };
 
-  // One direction: reads `src`, writes `dst`. Each pump has its own two
-  // watchers (EV_READ on src, EV_WRITE on dst), so each fd carries two, one
-  // from each pump; libev merges them into one epoll registration. That keeps
-  // the pumps independent: a pump switches between reading and writing
-  // without knowing what the other one is waiting for.
+  // One direction: reads `src`, writes `dst`. A pump only says which events
+  // it waits for on each of its two fds (src_events_, dst_events_); the relay
+  // owns one watcher per fd, watching for what both pumps wait for on it, and
+  // hands each event to the pump that waits for it. That keeps the pumps
+  // independent (a pump switches between reading and writing without knowing
+  // what the other waits for) at one libev watcher per fd.
   class Pump {
    public:
     Pump(Relay* relay, Dir dir, Conn& src, Conn& dst);
     // `preamble` goes to dst before anything read from src.
     void start(std::string_view preamble);
-    // Stops both watchers and drops whatever is in flight.
+    // Stops waiting and drops whatever is in flight.
     void stop();
     bool finished() const { return state_ == State::kFinished; }
+    int src_events() const { return src_events_; }
+    int dst_events() const { return dst_events_; }
+    void on_readable();
+    void on_writable();
 
    private:
     enum class State : uint8_t { kConnected, kLinger, kFinished };
     enum class Flush : uint8_t { kDone, kBlocked, kClosed };
 
-    void on_readable();
-    void on_writable();
     void on_eof();
     void finish();
     // Closes the relay, naming the side of `conn` in the reason.
@@ -125,6 +133,7 @@ class Relay {
     ssize_t fill();
     ssize_t drain();
     size_t pending() const;
+    void wait(int src_events, int dst_events);
 
     Relay* relay_;
     Dir dir_;
@@ -132,15 +141,23 @@ class Relay {
     bool splice_;
     Conn* src_;
     Conn* dst_;
+    // The events this pump waits for on src and on dst (EV_READ, EV_WRITE:
+    // a TLS read may wait for writability and a TLS write for readability).
+    int src_events_ = 0;
+    int dst_events_ = 0;
     std::string preamble_;
     size_t preamble_sent_ = 0;
     // At most one of these holds bytes at a time.
     SplicePipe pipe_;
     ChunkBuffer buf_;
-    ev::Io src_watcher_;
-    ev::Io dst_watcher_;
   };
 
+  // One fd's event: to the pump writing to it, then to the one reading it.
+  void on_io(Conn& conn, int revents);
+  // Points each fd's watcher at what the pumps wait for on it.
+  void sync_watchers();
+  // Bytes a TLS source already holds: no socket event will announce them.
+  void feed(const Conn& src);
   void on_traffic(Dir dir, size_t n);
   void on_pump_finished();
   void on_timer();
@@ -154,13 +171,16 @@ class Relay {
   double last_active_ = 0;  // ev_now() of the last traffic that counts for the timer
   bool closed_ = false;
   bool lingering_ = false;  // one direction has finished
-  // The fds are declared before the pumps so that the watchers stop before
-  // the fds close.
+  // The fds are declared before the watchers so that the watchers stop
+  // before the fds close.
   Conn client_;
   Conn upstream_;
   Pump up_;
   Pump down_;
+  ev::Io client_io_;
+  ev::Io upstream_io_;
   ev::Timer timer_;
+  bool dispatching_ = false;  // inside on_io: it syncs the watchers at its end
 
   inline static RelayStats totals_;
 };

@@ -424,7 +424,6 @@ void Session::relay(net::Conn upstream) {
   log::info("{}: {} -> {}", peer_, protocol(), target());
   leave_halfopen();
   timer_.stop();
-  io_.stop();
   state_ = State::kRelaying;
   relay_ = std::make_unique<net::Relay>(
       server_.loop(), std::move(client_), std::move(upstream), server_.relay_options(),
@@ -437,7 +436,10 @@ void Session::relay(net::Conn upstream) {
         log::verbose("{}: closed {} (up {} down {}): {}", peer_, target(), st.up, st.down, reason);
         close();
       });
-  relay_->start(in_);
+  // Our watcher stops only once the relay's has started on the client fd, so
+  // that the relay takes libev's registration of it over.
+  relay_->start(in_, io_.active());
+  io_.stop();
   in_.clear();
   in_.shrink_to_fit();
 }
