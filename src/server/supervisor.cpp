@@ -238,7 +238,8 @@ std::string merge_metrics(const std::vector<std::string>& texts,
     bool quantile = false;
   };
   struct Family {
-    std::string meta;  // its HELP and TYPE lines
+    std::string meta;                    // its HELP and TYPE lines
+    const std::string* owner = nullptr;  // the text they come from
     std::vector<Sample> samples;
     std::map<std::string, size_t> index;
   };
@@ -262,14 +263,13 @@ std::string merge_metrics(const std::vector<std::string>& texts,
       if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) {
         std::string_view rest = line.substr(7);
         std::string name(rest.substr(0, rest.find(' ')));
-        const bool fresh = by_name.find(name) == by_name.end();
         current = &family(name);
         current_name = name;
-        if (fresh || &text == &texts[0]) {
-          if (current->meta.find(line) == std::string::npos) {
-            current->meta += line;
-            current->meta += '\n';
-          }
+        // HELP and TYPE come from the first text announcing the family.
+        if (current->owner == nullptr) current->owner = &text;
+        if (current->owner == &text && current->meta.find(line) == std::string::npos) {
+          current->meta += line;
+          current->meta += '\n';
         }
         continue;
       }
