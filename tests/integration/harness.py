@@ -272,6 +272,8 @@ class Service:
         if not self.ports:
             return True
         table, mine = _listen_table(), socket_inodes(self.proc.pid)
+        for child in child_pids(self.proc.pid):  # --workers: they hold the proxy ports
+            mine |= socket_inodes(child)
         return all(any(p == port and inode in mine for p, inode in table) for port in self.ports)
 
     def _limits(self):  # runs in the child, between fork and exec
