@@ -348,6 +348,7 @@ void RpcCall::complete() {
     raw_reply_.status = head_.status;
     if (auto ct = proto::find_header(head_.headers, "Content-Type")) raw_reply_.content_type = *ct;
     raw_reply_.body = std::move(body_);
+    raw_reply_.headers = std::move(head_.headers);
     finish(true, {});
     return;
   }

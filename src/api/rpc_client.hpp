@@ -13,6 +13,7 @@
 #include "net/dialer.hpp"
 #include "net/resolver.hpp"
 #include "proto/address.hpp"
+#include "proto/http.hpp"
 #include "proto/proxy_uri.hpp"
 
 namespace rs::api {
@@ -52,6 +53,7 @@ struct HttpReply {
   int status = 0;
   std::string content_type;  // empty when the reply has none
   std::string body;          // inflated
+  proto::HttpHeaders headers;
 };
 // ok: `reply` holds the response, whatever its status. !ok: the exchange
 // failed (dial, timeout, malformed reply) and `error` says how.

@@ -577,7 +577,13 @@ std::unique_ptr<Cancellable> Supervisor::call(const Worker& w, std::string_view 
       loop_, opts, *proto::parse_address(fmt::format("127.0.0.1:{}", w.port)), method, target,
       headers, body,
       [index, pid, done = std::move(done)](bool ok, api::HttpReply r, std::string error) {
-        WorkerReply out{index, pid, ok, r.status, ok ? std::move(r.body) : std::move(error)};
+        WorkerReply out{index,
+                        pid,
+                        ok,
+                        r.status,
+                        ok ? std::move(r.body) : std::move(error),
+                        std::move(r.content_type),
+                        std::move(r.headers)};
         done(std::move(out));
       });
 }
@@ -611,26 +617,35 @@ api::ApiResponse Supervisor::combine(std::string_view path, std::string_view met
   r.no_cache = true;
   auto failed = [](const WorkerReply& w) { return !w.ok || w.status < 200 || w.status > 299; };
 
-  if (!fan_out(path)) {
-    // One worker's answer, as it gave it.
-    WorkerReply& w = replies.front();
-    if (!w.ok) return api::text_response(502, fmt::format("worker {}: {}", w.index, w.body));
+  // One worker's answer as it gave it.
+  auto as_is = [&](WorkerReply& w) {
     r.status = w.status;
     r.body = std::move(w.body);
-    if (path == "/ruleset/rpcall" && w.status == 200)
-      r.content_type = std::string(api::kRpcMediaType);
+    if (!w.content_type.empty()) r.content_type = std::move(w.content_type);
+    for (auto& [name, value] : w.headers)
+      if (proto::iequals(name, "Allow") || proto::iequals(name, "WWW-Authenticate"))
+        r.headers.emplace_back(std::move(name), std::move(value));
+    if (method == "HEAD") r.body.clear();
     return r;
+  };
+  if (!fan_out(path)) {
+    WorkerReply& w = replies.front();
+    if (!w.ok) return api::text_response(502, fmt::format("worker {}: {}", w.index, w.body));
+    return as_is(w);
   }
+  // Every worker refused the request itself the same way (a wrong method, a
+  // missing body, no ruleset): one answer says it all.
+  const WorkerReply& first = replies.front();
+  if (first.ok && first.status >= 300 &&
+      (first.status != 500 || first.body == "ruleset is not enabled\n") &&
+      std::all_of(replies.begin(), replies.end(), [&](const WorkerReply& w) {
+        return w.ok && w.status == first.status && w.body == first.body;
+      }))
+    return as_is(replies.front());
 
   if ((path == "/stats" || path == "/metrics") &&
-      std::all_of(replies.begin(), replies.end(),
-                  [&](const WorkerReply& w) { return !failed(w) || w.status == 405; })) {
-    if (replies.front().status == 405) {
-      r = api::text_response(405, replies.front().body);
-      r.headers.emplace_back("Allow", path == "/stats" ? "GET, POST" : "GET");
-      r.body = std::move(replies.front().body);
-      return r;
-    }
+      std::any_of(replies.begin(), replies.end(),
+                  [&](const WorkerReply& w) { return !failed(w); })) {
     std::vector<std::string> texts;
     for (auto& w : replies)
       if (!failed(w)) texts.push_back(std::move(w.body));

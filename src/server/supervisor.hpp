@@ -43,6 +43,8 @@ struct WorkerReply {
   bool ok = false;
   int status = 0;
   std::string body;  // the reply's body, or the error
+  std::string content_type;
+  proto::HttpHeaders headers;
 };
 
 // /stats of several workers as one: "Label : value" lines of the first text
