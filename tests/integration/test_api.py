@@ -1073,7 +1073,9 @@ class FakeApiPeer:
 class RpcTest(IntegrationCase):
     @classmethod
     def setUpClass(cls):
-        cls.a = start_node(cls, "node-a", ruleset_text("A"), cls=True)
+        # One VM: /ruleset/invoke on --workers 2 would run a fire-and-forget
+        # neosocksd.invoke in each worker (test_neosocksd_invoke_fire_and_forget counts them).
+        cls.a = start_node(cls, "node-a", ruleset_text("A"), cls=True, workers=1)
         cls.b = start_node(cls, "node-b", ruleset_text("B"), cls=True, http=True)
         cls.c = start_node(cls, "node-c", ruleset_text("C"), cls=True)
 
