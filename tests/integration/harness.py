@@ -398,7 +398,7 @@ class Proxy(Service):
         # workers=1 pins one process (a test that counts one process's fds, say).
         self.workers = TEST_WORKERS if workers is None else workers
         if self.workers > 1 and "--workers" not in cmd:
-            cmd += ["--workers", str(self.workers)]
+            cmd[3:3] = ["--workers", str(self.workers)]  # before any "--" and positionals
         self.extra_ports = tuple(extra_ports)  # more listen ports (from args) to wait for
         super().__init__(cmd, name, (self.port, self.http_port, self.api_port, *self.extra_ports),
                          nofile=nofile)
