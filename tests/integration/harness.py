@@ -418,10 +418,8 @@ class Proxy(Service):
         def holds(pid, port):
             mine = socket_inodes(pid)
             return any(p == port and inode in mine for p, inode in table)
-        if self.api_port and not holds(self.proc.pid, self.api_port):
-            return False
-        proxy_ports = [p for p in self.ports if p != self.api_port]
-        return all(holds(k, p) for k in kids for p in proxy_ports)
+        # The API is the supervisor's; every other port each worker's.
+        return all(holds(self.proc.pid, p) or all(holds(k, p) for k in kids) for p in self.ports)
 
     def worker_pids(self):
         return child_pids(self.proc.pid) if self.workers > 1 else [self.proc.pid]
