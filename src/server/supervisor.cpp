@@ -364,7 +364,13 @@ Supervisor::Supervisor(ev::Loop* loop, const Config& cfg, std::vector<std::strin
             ::kill(w->pid, SIGKILL);
           }
       }) {
-  for (size_t i = 0; i < cfg.workers; ++i) workers_.push_back(std::make_unique<Worker>(loop, i));
+  for (size_t i = 0; i < cfg.workers; ++i) {
+    workers_.push_back(std::make_unique<Worker>(loop, i));
+    Worker& w = *workers_.back();
+    w.restart.set_callback([this, &w](int) {
+      if (!stopping_) spawn(w);
+    });
+  }
   if (!cfg.api.empty()) {
     const auto [text, tls] = strip_tls(cfg.api);
     if (tls) {
@@ -527,9 +533,6 @@ void Supervisor::on_exit(Worker& w, int status) {
   log::error("worker {} (pid {}) {}: restarting it in {:.1f} s", w.index, pid,
              describe_exit(status), delay);
   ++restarts_;
-  w.restart.set_callback([this, &w](int) {
-    if (!stopping_) spawn(w);
-  });
   w.restart.start(delay);
 }
 
