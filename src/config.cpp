@@ -176,6 +176,13 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
       "-v,--verbose", [&](int64_t) { c.loglevel = 6; }, "same as --loglevel 6");
   app.add_flag("--pipe", c.pipe, "relay with splice(2) through pipes (zero copy)");
   app.add_flag("--reuseport", c.reuseport, "SO_REUSEPORT on listeners (one process per core)");
+  app.add_option("--workers", c.workers,
+                 "N worker processes accept on the same listeners, behind one --api")
+      ->type_name("N")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  // Internal: how the supervisor starts a worker (not in --help).
+  app.add_option("--worker-fd", c.worker_fd)->group("");
   app.add_flag("--auth-required", c.auth_required, "refuse clients that offer no credentials");
   app.add_flag("-d,--daemonize", c.daemonize, "run in the background and log to syslog");
   app.add_option("-u,--user", c.user, "drop privileges to user[:group] after binding")
@@ -337,6 +344,16 @@ std::optional<int> parse_command_line(int argc, char** argv, Config& c, std::str
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     std::fprintf(stderr, "give --tls-cert and --tls-key together\n");
     return 2;
+  }
+  if (c.worker_fd >= 0) {
+    // A worker: it accepts beside its siblings and serves the API privately,
+    // on loopback, to the supervisor that owns the public one.
+    if (!c.api.empty()) c.worker_public_api = c.api.starts_with("tls://") ? c.api.substr(6) : c.api;
+    c.api = "127.0.0.1:0";
+    c.reuseport = true;
+    c.workers = 1;
+    if (c.daemonize && c.log_output.empty()) c.log_output = "syslog";
+    c.daemonize = false;
   }
   if (c.listen.empty() && c.http_listen.empty() && c.api.empty()) {
     std::fprintf(stderr,

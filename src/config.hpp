@@ -56,6 +56,14 @@ struct Config {
   bool bidir_timeout = false;
   bool pipe = false;
   bool reuseport = false;
+  // --workers N: N worker processes behind one API (server/supervisor.hpp).
+  unsigned workers = 1;
+  // Set in a worker process only (hidden --worker-fd FD): the pipe it reports
+  // its private API port on; -1 in every other process.
+  int worker_fd = -1;
+  // In a worker: the supervisor's public --api address (without tls://),
+  // which the worker's proxy must not dial on a client's behalf either.
+  std::string worker_public_api;
   bool auth_required = false;
   bool daemonize = false;
   bool traceback = false;

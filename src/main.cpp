@@ -1,5 +1,6 @@
 // rulesocks: start-up, signals and wiring. Everything runs on one libev loop.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "config.hpp"
 #include "config_file.hpp"
@@ -21,6 +23,7 @@
 #include "core/loop.hpp"
 #include "core/sd_notify.hpp"
 #include "server/server.hpp"
+#include "server/supervisor.hpp"
 #include "version.hpp"
 
 namespace {
@@ -111,6 +114,60 @@ bool reload_config(int argc, char** argv, rs::Config& cfg) {
   return true;
 }
 
+// --workers N (N > 1): this process supervises N workers and serves the
+// public API; see server/supervisor.hpp.
+int supervise(int argc, char** argv, const rs::Config& cfg, rs::log::Output output) {
+  rs::ev::Loop* loop = ev_default_loop(EVFLAG_AUTO);
+  int code = 0;
+  try {
+    rs::server::Supervisor sup(loop, cfg, std::vector<std::string>(argv, argv + argc));
+    if (cfg.daemonize) {
+      const bool keep_stdio =
+          output == rs::log::Output::kStdout || output == rs::log::Output::kStderr;
+      if (daemon(0, keep_stdio ? 1 : 0) != 0)
+        throw std::runtime_error(std::string("daemon: ") + std::strerror(errno));
+      ev_loop_fork(loop);
+    }
+    auto stop = [&](int) {
+      rs::log::notice("shutting down {} workers", cfg.workers);
+      rs::sd::notify("STOPPING=1");
+      sup.shutdown();
+    };
+    rs::ev::Signal sigint(loop, SIGINT, stop), sigterm(loop, SIGTERM, stop);
+    rs::ev::Signal sighup(loop, SIGHUP, [&](int) {
+      rs::sd::notify(rs::sd::reloading_state());
+      sup.reload();
+      rs::sd::notify("READY=1");
+    });
+    sigint.start();
+    sigterm.start();
+    sighup.start();
+    sup.start(
+        [&] {
+          rs::log::notice("rulesocks {} started with {} workers", RULESOCKS_VERSION, cfg.workers);
+          rs::sd::notify("READY=1");
+        },
+        [&](bool failed) {
+          code = failed ? 1 : 0;
+          ev_break(loop, EVBREAK_ALL);
+        });
+    ev_run(loop, 0);
+  } catch (const std::exception& e) {
+    rs::log::fatal("{}", e.what());
+    return 1;
+  }
+  return code;
+}
+
+// A worker tells its supervisor it serves, and where its private API is.
+void report_ready(int fd, const rs::server::Server& server) {
+  const auto api = server.api_address();
+  const std::string line = fmt::format("READY {}\n", api ? api->port() : 0);
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+    rs::log::error("worker: reporting to the supervisor: {}", std::strerror(errno));
+  ::close(fd);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -120,6 +177,7 @@ int main(int argc, char** argv) {
   const auto output = choose_log_output(cfg);
   rs::log::set_output(output);
   signal(SIGPIPE, SIG_IGN);
+  if (cfg.workers > 1) return supervise(argc, argv, cfg, output);
 
   rs::ev::Loop* loop = ev_default_loop(EVFLAG_AUTO);
   // Watched before anything binds: a SIGTERM during start-up (a big ruleset
@@ -172,6 +230,7 @@ int main(int argc, char** argv) {
     // Every listener is bound (the Server constructor) and privileges are
     // dropped: systemd (Type=notify) may now start the units ordered after us.
     rs::sd::notify("READY=1");
+    if (cfg.worker_fd >= 0) report_ready(cfg.worker_fd, server);
     ev_run(loop, 0);
     running = nullptr;
   } catch (const std::exception& e) {

@@ -48,7 +48,9 @@ ApiServer::ApiServer(ev::Loop* loop, const net::SockAddr& listen, ApiBackend& ba
       acceptor_(
           loop, listen,
           {.name = "api", .backlog = 128, .reuseport = false, .tune = nodelay, .refused = {}},
-          [this](UniqueFd fd, const net::SockAddr& peer) { on_accept(std::move(fd), peer); }) {}
+          [this](UniqueFd fd, const net::SockAddr& peer) { on_accept(std::move(fd), peer); }) {
+  if (opts.forwarder != nullptr) endpoints_.set_forwarder(opts.forwarder);
+}
 
 ApiServer::~ApiServer() {
   stop();

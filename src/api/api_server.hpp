@@ -49,6 +49,8 @@ struct ApiOptions {
   // Set: the API speaks HTTPS, with the context *tls holds when a client
   // connects (the owner may replace it: SIGHUP). It must outlive the server.
   const net::SslCtxPtr* tls = nullptr;
+  // Set: requests are answered by it, not by the Endpoints (--workers).
+  ApiForwarder* forwarder = nullptr;
 };
 
 class ApiServer {

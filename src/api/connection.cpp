@@ -338,7 +338,7 @@ void ApiConnection::dispatch() {
     }
   }
 
-  ApiRequest req{head_.method, target.path, *query, head_.headers, std::move(body)};
+  ApiRequest req{head_.method, target.path, *query, head_.headers, std::move(body), target.query};
   Endpoints::Outcome outcome;
   try {
     outcome = endpoints_.handle(req, [this](ApiResponse r) { on_reply(std::move(r)); });

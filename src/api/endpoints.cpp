@@ -73,6 +73,7 @@ bool Endpoints::requires_body(std::string_view path) {
 }
 
 Endpoints::Outcome Endpoints::handle(ApiRequest& req, Reply reply) {
+  if (forwarder_ != nullptr) return forwarder_->forward(req, std::move(reply));
   Outcome out;
   if (req.path == "/healthy") {
     out.response = healthy(req);

@@ -22,7 +22,8 @@ struct ApiRequest {
   std::string_view path;  // as sent, without the query
   const Query& query;     // decoded
   const proto::HttpHeaders& headers;
-  std::string body;  // Content-Encoding already undone
+  std::string body;                 // Content-Encoding already undone
+  std::string_view raw_query = {};  // as sent, without '?' (--workers forwards it)
 };
 
 struct ApiResponse {
@@ -48,6 +49,8 @@ void add_metric(std::string& out, std::string_view name, std::string_view type,
 // "3d 04:05:06", "00:00:07".
 std::string format_duration(double seconds);
 
+class ApiForwarder;
+
 class Endpoints {
  public:
   // `started` is the ev_now() timestamp uptime counts from.
@@ -70,6 +73,8 @@ class Endpoints {
   void count_request() { backend_.count_api_request(); }
   // Counts a response with a 2xx status.
   void count_success() { backend_.count_api_success(); }
+  // Set: every request goes to `f` instead (it must outlive the Endpoints).
+  void set_forwarder(ApiForwarder* f) { forwarder_ = f; }
 
  private:
   ApiResponse stats(const ApiRequest& req, bool incremental);
@@ -81,6 +86,16 @@ class Endpoints {
   ApiBackend& backend_;
   double started_;
   double last_stats_;  // previous POST /stats, for ruleset.stats(dt)
+  ApiForwarder* forwarder_ = nullptr;
+};
+
+// Answers API requests in place of the Endpoints: the supervisor of
+// --workers, which forwards each request to its workers' private APIs. Same
+// contract as Endpoints::handle().
+class ApiForwarder {
+ public:
+  virtual ~ApiForwarder() = default;
+  virtual Endpoints::Outcome forward(ApiRequest& req, Endpoints::Reply reply) = 0;
 };
 
 }  // namespace rs::api

@@ -49,10 +49,13 @@ class RpcCall {
 
   void start(std::string code, proto::Address target, std::vector<proto::ProxyUri> chain,
              const std::string& api_key);
+  // http_call(): `request` is the whole request; any status is a result.
+  void start_raw(std::string request, proto::Address target, HttpCallback cb);
   // The handle is gone: nothing runs and no callback comes from now on.
   void cancel() {
     finished_ = true;
     cb_ = nullptr;
+    raw_cb_ = nullptr;
     later_.cancel();
     io_.stop();
     timer_.stop();
@@ -64,6 +67,7 @@ class RpcCall {
  private:
   enum class BodyMode { kLength, kChunked, kEof };
 
+  void dial(proto::Address target, std::vector<proto::ProxyUri> chain);
   void on_dialed(net::Conn conn, net::DialError err, const std::string& msg);
   void on_io(int revents);
   void send_some();
@@ -99,6 +103,9 @@ class RpcCall {
   bool result_ok_ = false;
   std::string result_;
   ev::Deferred::Scope later_;  // deliver(); cancelled with the call
+  // http_call(): set instead of cb_; the reply of any status is its result.
+  HttpCallback raw_cb_;
+  HttpReply raw_reply_;
 };
 
 class Handle final : public Cancellable {
@@ -151,6 +158,18 @@ void RpcCall::start(std::string code, proto::Address target, std::vector<proto::
       body.size());
   out_ += body;
 
+  dial(std::move(target), std::move(chain));
+}
+
+void RpcCall::start_raw(std::string request, proto::Address target, HttpCallback cb) {
+  raw_cb_ = std::move(cb);
+  addr_ = target.to_string();
+  timer_.start(opts_.timeout);
+  out_ = std::move(request);
+  dial(std::move(target), {});
+}
+
+void RpcCall::dial(proto::Address target, std::vector<proto::ProxyUri> chain) {
   dialer_ = std::make_unique<net::Dialer>(loop_, resolver_, opts_);
   dialer_->start(std::move(target), std::move(chain), nullptr,
                  [this](net::Conn conn, net::DialError err, const std::string& msg) {
@@ -325,6 +344,14 @@ void RpcCall::complete() {
     }
     body_ = std::move(decoded.data);
   }
+  if (raw_cb_) {
+    raw_reply_.status = head_.status;
+    if (auto ct = proto::find_header(head_.headers, "Content-Type")) raw_reply_.content_type = *ct;
+    raw_reply_.body = std::move(body_);
+    raw_reply_.headers = std::move(head_.headers);
+    finish(true, {});
+    return;
+  }
   if (head_.status == 200) {
     finish(true, std::move(body_));
     return;
@@ -352,6 +379,10 @@ void RpcCall::finish(bool ok, std::string msg) {
 void RpcCall::deliver() {
   // Moved out: the callback may destroy the handle, which cancels the call
   // (and clears cb_) but leaves it alive until this task has returned.
+  if (HttpCallback raw = std::exchange(raw_cb_, nullptr)) {
+    raw(result_ok_, std::move(raw_reply_), std::move(result_));
+    return;
+  }
   RpcCallback cb = std::exchange(cb_, nullptr);
   if (cb) cb(result_ok_, std::move(result_));
 }
@@ -365,6 +396,21 @@ std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
   auto handle =
       std::make_unique<Handle>(std::make_unique<RpcCall>(loop, resolver, opts, std::move(cb)));
   handle->call().start(std::move(code), std::move(addr), std::move(chain), api_key);
+  return handle;
+}
+
+std::unique_ptr<Cancellable> http_call(
+    ev::Loop* loop, const net::DialOptions& opts, proto::Address addr, std::string_view method,
+    std::string_view target, const std::vector<std::pair<std::string, std::string>>& headers,
+    std::string_view body, HttpCallback cb) {
+  std::string request =
+      fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\n", method, target, addr.to_string());
+  for (const auto& [name, value] : headers) request += fmt::format("{}: {}\r\n", name, value);
+  request += fmt::format("Content-Length: {}\r\nConnection: close\r\n\r\n", body.size());
+  request += body;
+  auto handle =
+      std::make_unique<Handle>(std::make_unique<RpcCall>(loop, nullptr, opts, RpcCallback{}));
+  handle->call().start_raw(std::move(request), std::move(addr), std::move(cb));
   return handle;
 }
 

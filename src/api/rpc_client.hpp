@@ -13,6 +13,7 @@
 #include "net/dialer.hpp"
 #include "net/resolver.hpp"
 #include "proto/address.hpp"
+#include "proto/http.hpp"
 #include "proto/proxy_uri.hpp"
 
 namespace rs::api {
@@ -45,5 +46,25 @@ std::unique_ptr<Cancellable> rpc_call(ev::Loop* loop, net::Resolver* resolver,
                                       const net::DialOptions& opts, std::string code,
                                       proto::Address addr, std::vector<proto::ProxyUri> chain,
                                       RpcCallback cb, const std::string& api_key = {});
+
+// One plain HTTP/1.1 exchange with any status (the supervisor forwarding an
+// API request to a worker's private API, server/supervisor.hpp).
+struct HttpReply {
+  int status = 0;
+  std::string content_type;  // empty when the reply has none
+  std::string body;          // inflated
+  proto::HttpHeaders headers;
+};
+// ok: `reply` holds the response, whatever its status. !ok: the exchange
+// failed (dial, timeout, malformed reply) and `error` says how.
+using HttpCallback = std::function<void(bool ok, HttpReply reply, std::string error)>;
+
+// Sends `method target` to `addr` (numeric: no resolver) with `headers` and
+// `body` (Content-Length; Connection: close), reads one response as
+// rpc_call() does. Same callback and handle rules as rpc_call().
+std::unique_ptr<Cancellable> http_call(
+    ev::Loop* loop, const net::DialOptions& opts, proto::Address addr, std::string_view method,
+    std::string_view target, const std::vector<std::pair<std::string, std::string>>& headers,
+    std::string_view body, HttpCallback cb);
 
 }  // namespace rs::api

@@ -37,6 +37,20 @@ std::string lua_dir_beside_binary() {
 Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen) : server_(server) {
   const Config& cfg = server.config();
   last_.time = server.start_time();
+  // The API is bound first: the ruleset may ask for its address while it
+  // loads (neosocksd.config().api in a --workers worker).
+  if (api_listen) {
+    api::ApiOptions opts;
+    opts.started = server.start_time();
+    // As in neosocksd, -t bounds API requests (head and body) and idle or
+    // stalled API connections as well as proxy handshakes.
+    opts.timeout = cfg.timeout;
+    opts.access.key = cfg.api_key;
+    opts.self = &server.self_connections();
+    if (server.api_tls()) opts.tls = &server.tls_server_context();
+    api_ = std::make_unique<api::ApiServer>(server.loop(), *api_listen, *this, opts);
+    api_->start();
+  }
   if (!cfg.ruleset.empty() || !cfg.ruleset_chunk.empty()) {
     ruleset::EngineOptions opts;
     opts.memlimit_bytes = cfg.memlimit_mib << 20;
@@ -63,18 +77,6 @@ Control::Control(Server& server, const std::optional<net::SockAddr>& api_listen)
       auto abs = std::filesystem::absolute(cfg.ruleset, ec);
       ruleset_path_ = ec ? cfg.ruleset : abs.string();
     }
-  }
-  if (api_listen) {
-    api::ApiOptions opts;
-    opts.started = server.start_time();
-    // As in neosocksd, -t bounds API requests (head and body) and idle or
-    // stalled API connections as well as proxy handshakes.
-    opts.timeout = cfg.timeout;
-    opts.access.key = cfg.api_key;
-    opts.self = &server.self_connections();
-    if (server.api_tls()) opts.tls = &server.tls_server_context();
-    api_ = std::make_unique<api::ApiServer>(server.loop(), *api_listen, *this, opts);
-    api_->start();
   }
 }
 
@@ -418,6 +420,11 @@ ruleset::HostConfig Control::config() {
   if (!c.listen.empty()) out.listen = c.listen.front();
   if (!c.http_listen.empty()) out.http = c.http_listen.front();
   out.api = c.api;
+  // A --workers worker: its own private API, which knows the connections its
+  // proxy makes (a ruleset mapping api.neosocksd.internal there reaches this
+  // worker, through the same access rules as a single process's API).
+  if (c.worker_fd >= 0)
+    if (auto bound = api_address()) out.api = bound->to_string();
   out.proxy = c.proxy;
   out.forward = c.forward;
   out.ruleset = c.ruleset;

@@ -25,7 +25,8 @@ namespace {
 // together: a few per busy origin, few enough to fit the fd headroom.
 constexpr size_t kPooledUpstreams = 16;
 
-// "tls://ADDR" -> ADDR, true; anything else as it is.
+}  // namespace
+
 std::pair<std::string, bool> strip_tls(const std::string& text) {
   constexpr std::string_view kPrefix = "tls://";
   if (text.size() > kPrefix.size() && proto::iequals(text.substr(0, kPrefix.size()), kPrefix))
@@ -44,6 +45,8 @@ net::SockAddr parse_listen(const std::string& text) {
   if (addrs.empty()) throw std::runtime_error("cannot resolve listen address " + text + ": " + err);
   return addrs.front();
 }
+
+namespace {
 
 size_t fd_limit_now() {
   rlimit rl{};
@@ -156,6 +159,8 @@ Server::Server(ev::Loop* loop, const Config& cfg)
     protected_.push_back(*bound);
     self_.watch(*bound);
   }
+  // A --workers worker: its supervisor's public API is just as off limits.
+  if (!cfg.worker_public_api.empty()) protected_.push_back(parse_listen(cfg.worker_public_api));
 
   if (cfg.tproxy && forward_) throw std::runtime_error("--tproxy is incompatible with -f");
   if (cfg.tproxy && cfg.http_all)
@@ -285,6 +290,10 @@ bool Server::reload_tls() {
   }
   log::notice("TLS certificate reloaded from {}", cfg_.tls_cert);
   return true;
+}
+
+std::optional<net::SockAddr> Server::api_address() const {
+  return control_->api_address();
 }
 
 ruleset::Engine* Server::engine() {

@@ -47,6 +47,12 @@ enum class ListenerKind { kSocks, kHttp, kForward, kTransparent };
 // fails. At least 1; SIZE_MAX for RLIM_INFINITY.
 size_t sessions_for_fd_limit(uint64_t nofile);
 
+// "tls://ADDR" -> ADDR, true; anything else as it is.
+std::pair<std::string, bool> strip_tls(const std::string& text);
+// A listen address (host names resolved once, blocking); throws
+// std::runtime_error naming it.
+net::SockAddr parse_listen(const std::string& text);
+
 // -4 / -6 as a resolver family.
 net::Family resolve_family(const Config& cfg);
 
@@ -81,6 +87,8 @@ class Server {
   ev::Loop* loop() const { return loop_; }
   const Config& config() const { return cfg_; }
   net::Resolver& resolver() { return *resolver_; }
+  // The API's bound address, if there is an API.
+  std::optional<net::SockAddr> api_address() const;
   // The ruleset engine, or nullptr without -r.
   ruleset::Engine* engine();
   ev::Deferred& deferred() { return deferred_; }

@@ -42,6 +42,9 @@ LOOP4 = "127.0.0.1"
 # tests that are too slow there scale down.
 SANITIZED = os.environ.get("RULESOCKS_SANITIZED", "0").upper() in ("1", "ON", "TRUE", "YES")
 LOOP6 = "::1"
+# RULESOCKS_TEST_WORKERS=N: every Proxy runs with --workers N (unless the test
+# pins workers=1); the whole suite should pass with 2 as with 1.
+TEST_WORKERS = int(os.environ.get("RULESOCKS_TEST_WORKERS", "1") or "1")
 
 # Seconds. Generous for a loaded CI machine, small enough to keep the suite fast.
 START_TIMEOUT = 10.0
@@ -147,6 +150,15 @@ def _listening_ports():
 def listening_inodes(port):
     """Socket inodes of the TCP listeners on `port` (several with SO_REUSEPORT)."""
     return {inode for p, inode in _listen_table() if p == port}
+
+
+def child_pids(pid):
+    """PIDs of the children of process `pid` (the workers of --workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
 
 
 def socket_inodes(pid):
@@ -260,6 +272,8 @@ class Service:
         if not self.ports:
             return True
         table, mine = _listen_table(), socket_inodes(self.proc.pid)
+        for child in child_pids(self.proc.pid):  # --workers: they hold the proxy ports
+            mine |= socket_inodes(child)
         return all(any(p == port and inode in mine for p, inode in table) for port in self.ports)
 
     def _limits(self):  # runs in the child, between fork and exec
@@ -368,7 +382,7 @@ class Proxy(Service):
     """
 
     def __init__(self, *args, socks=True, http=False, api=False, loglevel=6, name="rulesocks",
-                 extra_ports=(), nofile=None):
+                 extra_ports=(), nofile=None, workers=None):
         ports = free_ports(3)
         self.port = ports[0] if socks else None
         self.http_port = ports[1] if http else None
@@ -381,6 +395,10 @@ class Proxy(Service):
         if api:
             cmd += ["--api", f"{LOOP4}:{self.api_port}"]
         cmd += list(args)
+        # workers=1 pins one process (a test that counts one process's fds, say).
+        self.workers = TEST_WORKERS if workers is None else workers
+        if self.workers > 1 and "--workers" not in cmd:
+            cmd[3:3] = ["--workers", str(self.workers)]  # before any "--" and positionals
         self.extra_ports = tuple(extra_ports)  # more listen ports (from args) to wait for
         super().__init__(cmd, name, (self.port, self.http_port, self.api_port, *self.extra_ports),
                          nofile=nofile)
@@ -388,6 +406,23 @@ class Proxy(Service):
     def check_binary(self):
         if not os.access(BIN, os.X_OK):
             raise unittest.SkipTest(f"rulesocks binary not found at {BIN}; set RULESOCKS_BIN")
+
+    def listening(self):
+        """With --workers: the supervisor holds the API, and every worker every proxy port."""
+        if self.workers <= 1:
+            return super().listening()
+        table = _listen_table()
+        kids = child_pids(self.proc.pid)
+        if len(kids) < self.workers:
+            return False
+        def holds(pid, port):
+            mine = socket_inodes(pid)
+            return any(p == port and inode in mine for p, inode in table)
+        # The API is the supervisor's; every other port each worker's.
+        return all(holds(self.proc.pid, p) or all(holds(k, p) for k in kids) for p in self.ports)
+
+    def worker_pids(self):
+        return child_pids(self.proc.pid) if self.workers > 1 else [self.proc.pid]
 
     def __exit__(self, exc_type, exc, tb):
         code, took = self.stop()

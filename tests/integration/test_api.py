@@ -139,7 +139,9 @@ class EndpointTest(IntegrationCase):
     def setUpClass(cls):
         cls.origin = cls.start_class_origin()
         cls.text = ruleset_text("A")
-        cls.node = start_node(cls, "api-node", cls.text, cls=True)
+        # One VM: these tests check the one-process API's exact replies and build Lua state
+        # with successive rpcalls (test_workers covers --workers).
+        cls.node = start_node(cls, "api-node", cls.text, cls=True, workers=1)
         cls.api = cls.node.api_port
         cls.tmp = tempfile.mkdtemp(prefix="rulesocks-api-bodies-")
         cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
@@ -842,7 +844,9 @@ class StatsFieldsTest(IntegrationCase):
     """neosocksd.stats() has the fields of neosocksd 2026-07, counted as neosocksd does."""
 
     def setUp(self):
-        self.node = start_node(self, "stats", ruleset_text("S", extra=STATS_EXTRA), "-t", "1")
+        # One VM: neosocksd.stats() is the counters of the worker that runs it.
+        self.node = start_node(self, "stats", ruleset_text("S", extra=STATS_EXTRA), "-t", "1",
+                               workers=1)
 
     def stats(self):
         fields = ", ".join(f"math.tointeger(s.{f}) or -1" for f in STATS_FIELDS)
@@ -1069,7 +1073,9 @@ class FakeApiPeer:
 class RpcTest(IntegrationCase):
     @classmethod
     def setUpClass(cls):
-        cls.a = start_node(cls, "node-a", ruleset_text("A"), cls=True)
+        # One VM: /ruleset/invoke on --workers 2 would run a fire-and-forget
+        # neosocksd.invoke in each worker (test_neosocksd_invoke_fire_and_forget counts them).
+        cls.a = start_node(cls, "node-a", ruleset_text("A"), cls=True, workers=1)
         cls.b = start_node(cls, "node-b", ruleset_text("B"), cls=True, http=True)
         cls.c = start_node(cls, "node-c", ruleset_text("C"), cls=True)
 

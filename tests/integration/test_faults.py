@@ -272,8 +272,9 @@ class HalfOpenFlood(FaultCase):
         raise_nofile()
         duplex = DuplexServer().start()
         self.addCleanup(duplex.close)
+        # One process: --max-startups is each worker's.
         proxy = self.start_proxy("--max-startups", f"{self.START}:{self.RATE}:{self.FULL}",
-                                 "-t", "30")
+                                 "-t", "30", workers=1)
         # Warm-up: a round of silent connections (most dropped), then the baseline.
         warm = [connect(proxy.port) for _ in range(200)]
         closed_by_peer(warm, 1.0)
@@ -362,7 +363,7 @@ class ManySessions(FaultCase):
             self.skipTest(f"RLIMIT_NOFILE hard limit {limit} is too low for {self.N} sessions")
         hold = HoldProcess().start()
         self.addCleanup(hold.stop)
-        proxy = self.start_proxy(loglevel=4)
+        proxy = self.start_proxy(loglevel=4, workers=1)  # one process: counts its fds
         # Warm-up: a few hundred sessions open and close, then the baseline.
         close_all(open_sessions(proxy.port, hold.port, 300))
         self.assert_serves(proxy)

@@ -82,7 +82,8 @@ class Failover(IntegrationCase):
         cls.upstream = cls.start_class_proxy(name="upstream", api=True)
         cls.dead = free_port()  # nothing listens: connection refused
         text = FAILOVER % {"dead": cls.dead, "live": cls.upstream.port, "origin": cls.origin.port}
-        cls.node = start_node(cls, "failover", text, cls=True, http=True)
+        # One VM: the failover group learns its members' health in the worker that dials.
+        cls.node = start_node(cls, "failover", text, cls=True, http=True, workers=1)
 
     def node_stats(self, *fields):
         values = rpcall(self.node.api_port, "local s = neosocksd.stats() return " +
@@ -313,7 +314,8 @@ class MidForward(IntegrationCase):
                 return (await.forward(addr, "socks5://127.0.0.1:{hold.port}")) and nil
             end }}
         """
-        node = start_node(self, "midforward", text, "-t", "30")
+        # One process: counts that process's fds.
+        node = start_node(self, "midforward", text, "-t", "30", workers=1)
         baseline = node.fd_count()
         clients = []
         for _ in range(10):
@@ -349,7 +351,8 @@ class Metrics(IntegrationCase):
         upstream = self.start_proxy(name="upstream")
         dead = free_port()
         text = FAILOVER % {"dead": dead, "live": upstream.port, "origin": origin.port}
-        node = start_node(self, "metrics-fwd", text)
+        # One VM: compares /metrics with the neosocksd.stats() of the VM that answers.
+        node = start_node(self, "metrics-fwd", text, workers=1)
         size = 100_000
         for i in range(4):
             rep, reply = socks5_get(node.port, origin.port, f"/blob/{size}")

@@ -150,7 +150,10 @@ class HttpProxyCase(IntegrationCase):
         with open(cls.ruleset, "w") as f:
             f.write(RULESET.replace("@API@", str(cls.api_port)))
         cls.proxy = cls.start_class_proxy("-r", cls.ruleset, "--api", f"{LOOP4}:{cls.api_port}",
-                                          "-t", "2", http=True, name="front")
+                                          "-t", "2", http=True, name="front",
+                                          # One process: counts Lua requests with rpcalls and
+                                          # reuses one upstream pool.
+                                          workers=1)
         cls.http = f"http://{LOOP4}:{cls.proxy.http_port}"
         cls.mixed = f"http://{LOOP4}:{cls.proxy.port}"
 

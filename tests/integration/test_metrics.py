@@ -38,7 +38,9 @@ class HealthyTest(IntegrationCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.node = start_node(cls, "healthy", ruleset_text("H", extra=HEALTHY), cls=True)
+        # One VM: compares /metrics with neosocksd.stats() and sets health with invokes.
+        cls.node = start_node(cls, "healthy", ruleset_text("H", extra=HEALTHY), cls=True,
+                              workers=1)
         cls.api = cls.node.api_port
 
     def set_health(self, lua_value):
